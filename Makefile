@@ -1,0 +1,48 @@
+# `make` alone lists the targets. Every target that needs Python runs `setup` first.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The torch build to install. On Linux without a GPU, add
+#   TORCH_INDEX=--index-url=https://download.pytorch.org/whl/cpu
+# to skip the multi-GB CUDA build.
+TORCH ?= torch==2.13.0
+TORCH_INDEX ?=
+SETUP_STAMP := $(VENV)/.setup-complete
+
+.PHONY: help setup lab prepare train test lint clean
+
+help: ## List the targets
+	@echo "gptclassifier: fine-tune GPT-2 into a spam classifier"
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-9s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+setup: $(SETUP_STAMP) ## Create .venv with the package, JupyterLab and the test tools (idempotent)
+
+$(SETUP_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check $(TORCH_INDEX) "$(TORCH)"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[lab,dev]"
+	touch $@
+
+lab: setup ## Open JupyterLab on the notebooks
+	$(BIN)/jupyter lab notebooks
+
+prepare: setup ## Write the chapter's train/validation/test CSVs to data/prepared
+	$(BIN)/gptclassifier prepare --out data/prepared
+
+train: setup ## Run the chapter's fine-tuning end to end (book profile)
+	$(BIN)/gptclassifier prepare --out data/prepared
+
+test: setup ## Run the tests (real-data tests run when GPTCLASSIFIER_TEST_SMS_FILE is set)
+	$(BIN)/python -m pytest
+
+lint: setup ## Check style with ruff
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+
+clean: ## Remove the virtual environment, caches and prepared data (not the download cache)
+	rm -rf $(VENV) data runs .pytest_cache .ruff_cache .hypothesis
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+	find . -name '*.egg-info' -type d -prune -exec rm -rf {} +

@@ -1,0 +1,127 @@
+"""Fixtures shared by the tests: no internet, an isolated cache, a local file server, real data."""
+
+import ipaddress
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+REAL_SMS_VARIABLE = "GPTCLASSIFIER_TEST_SMS_FILE"
+
+
+def _is_loopback(host) -> bool:
+    """Return whether a host name or address stays on this machine."""
+    if host in ("localhost", None, ""):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@pytest.fixture(autouse=True)
+def no_internet(monkeypatch):
+    """Refuse every connection that would leave this machine, as on an offline laptop."""
+    real_connect, real_getaddrinfo = socket.socket.connect, socket.getaddrinfo
+
+    def connect(sock, address):
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and not _is_loopback(address[0]):
+            raise OSError(f"tests must not reach the network ({address[0]})")
+        return real_connect(sock, address)
+
+    def getaddrinfo(host, *args, **kwargs):
+        if not _is_loopback(host):
+            raise socket.gaierror(socket.EAI_NONAME, f"tests must not resolve {host}")
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+
+
+@pytest.fixture(autouse=True)
+def isolated_settings(tmp_path, monkeypatch):
+    """Give every test its own empty cache and none of the user's gptclassifier settings."""
+    monkeypatch.setenv("GPTCLASSIFIER_CACHE", str(tmp_path / "cache"))
+    for name in ("GPTCLASSIFIER_PROFILE", "GPTCLASSIFIER_SMS_FILE", "GPTCLASSIFIER_STRICT"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def real_sms_file() -> Path:
+    """Return the real SMS Spam Collection file named by $GPTCLASSIFIER_TEST_SMS_FILE."""
+    value = os.environ.get(REAL_SMS_VARIABLE)
+    if not value:
+        pytest.skip(
+            f"{REAL_SMS_VARIABLE} is not set: this test needs the real SMS Spam Collection "
+            "(.ci/run sets it when ../shared/data/sms-spam-collection exists)"
+        )
+    path = Path(value)
+    if not path.is_file():
+        pytest.fail(f"{REAL_SMS_VARIABLE}={value} is not a file")
+    return path
+
+
+@dataclass
+class Route:
+    """What the local server answers for one path."""
+
+    body: bytes = b""
+    status: int = 200
+    content_type: str = "application/octet-stream"
+    delay: float = 0.0  # seconds before answering, to provoke timeouts
+    declared_length: int | None = None  # a Content-Length other than the body's, to truncate
+
+
+@dataclass
+class FileServer:
+    """A local HTTP server on 127.0.0.1 that serves `routes` and counts requests per path."""
+
+    base_url: str
+    routes: dict[str, Route] = field(default_factory=dict)
+    requests: dict[str, int] = field(default_factory=dict)
+
+    def url(self, path: str) -> str:
+        """Return the full address of a path on this server."""
+        return f"{self.base_url}{path}"
+
+    def serve(self, path: str, body: bytes = b"", **options) -> str:
+        """Answer requests for `path` with `body` (see Route for options); return its address."""
+        self.routes[path] = Route(body, **options)
+        return self.url(path)
+
+
+@pytest.fixture
+def file_server():
+    """Start a local file server for one test, and stop it afterwards."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            server.requests[self.path] = server.requests.get(self.path, 0) + 1
+            route = server.routes.get(self.path, Route(b"not found", status=404))
+            time.sleep(route.delay)
+            length = route.declared_length if route.declared_length is not None else len(route.body)
+            try:
+                self.send_response(route.status)
+                self.send_header("Content-Type", route.content_type)
+                self.send_header("Content-Length", str(length))
+                self.end_headers()
+                self.wfile.write(route.body)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client gave up waiting, as a timeout test intends
+
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.daemon_threads = True
+    server = FileServer(f"http://127.0.0.1:{httpd.server_address[1]}")
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield server
+    httpd.shutdown()
+    httpd.server_close()

@@ -1,0 +1,273 @@
+"""Reading, balancing, encoding and splitting data that the tests build themselves."""
+
+import hashlib
+import io
+import zipfile
+
+import pandas as pd
+import pytest
+
+from gptclassifier.data import (
+    SMS_MEMBER,
+    class_names,
+    create_balanced_dataset,
+    download_sms_spam,
+    encode_labels,
+    load_data,
+    random_split,
+    read_labeled_table,
+    read_sms_spam,
+)
+from gptclassifier.errors import DataError, DownloadError, FallbackWarning
+
+SMALL_SMS = 'ham\tSee you at 7\nspam\tWIN a prize!\tReply now\nham\t"Lunch?" she asked\nham\tok\n'
+
+
+def write(tmp_path, content, name="SMSSpamCollection"):
+    """Write `content` (str or bytes) to a file in tmp_path and return its path."""
+    path = tmp_path / name
+    path.write_bytes(content.encode("utf-8") if isinstance(content, str) else content)
+    return path
+
+
+def zip_bytes(member: str, data: bytes) -> bytes:
+    """Return a zip archive holding one member."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr(member, data)
+    return buffer.getvalue()
+
+
+def test_exact_parsing_keeps_every_line_and_tabs_inside_messages(tmp_path):
+    frame = read_sms_spam(write(tmp_path, SMALL_SMS))
+    assert list(frame.columns) == ["Label", "Text"]
+    assert frame["Label"].tolist() == ["ham", "spam", "ham", "ham"]
+    assert frame["Text"].tolist() == [
+        "See you at 7",
+        "WIN a prize!\tReply now",
+        '"Lunch?" she asked',
+        "ok",
+    ]
+
+
+def test_exact_parsing_strips_a_byte_order_mark_and_crlf(tmp_path):
+    content = b"\xef\xbb\xbf" + SMALL_SMS.replace("\n", "\r\n").encode()
+    assert read_sms_spam(write(tmp_path, content)).equals(
+        read_sms_spam(write(tmp_path, SMALL_SMS, "b"))
+    )
+
+
+def test_exact_parsing_reads_the_data_member_of_a_zip(tmp_path):
+    archive = write(tmp_path, zip_bytes(SMS_MEMBER, SMALL_SMS.encode()), "sms.zip")
+    assert read_sms_spam(archive).equals(read_sms_spam(write(tmp_path, SMALL_SMS)))
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("ham\tfine\nspam no tab here\n", "line 2 has no tab"),
+        ("ham\tfine\n\nham\tagain\n", "line 2 is blank"),
+        ("ham\tfine\nHAM\tshouting\n", "line 2 has label 'HAM'"),
+        (b"ham\tfine\nham\tcaf\xe9\n", "line 2 is not valid UTF-8 \\(byte 0xe9\\)"),
+        ("", "holds no messages"),
+    ],
+)
+def test_bad_sms_files_name_the_file_and_line(tmp_path, content, message):
+    path = write(tmp_path, content)
+    with pytest.raises(DataError, match=message) as caught:
+        read_sms_spam(path)
+    assert str(path) in str(caught.value)
+
+
+def test_book_parsing_is_the_chapters_pandas_call(tmp_path):
+    content = (
+        "ham\tSee you at 7\n"
+        'ham\t"Unclosed quote starts here\n'
+        "spam\tswallowed\n"
+        'ham\tstill "inside\n'
+        "ham\tlast\n"
+    )
+    path = write(tmp_path, content)
+    book = read_sms_spam(path, parsing="book")
+    reference = pd.read_csv(path, sep="\t", header=None, names=["Label", "Text"])
+    pd.testing.assert_frame_equal(book, reference)
+    assert len(read_sms_spam(path, parsing="exact")) == 5
+    assert len(book) == 3
+    assert book["Text"].iloc[1].count("\n") == 2
+
+
+def test_book_parsing_reports_what_pandas_cannot_read(tmp_path):
+    with pytest.raises(DataError, match="pandas cannot parse it .*Expected 2 fields in line 2"):
+        read_sms_spam(write(tmp_path, SMALL_SMS), parsing="book")
+
+
+def test_unknown_parsing_is_an_error(tmp_path):
+    with pytest.raises(DataError, match="unknown parsing 'fast'"):
+        read_sms_spam(write(tmp_path, SMALL_SMS), parsing="fast")
+
+
+def test_a_missing_file_is_an_error(tmp_path):
+    with pytest.raises(DataError, match="no such file"):
+        read_sms_spam(tmp_path / "nope")
+
+
+def test_user_tables_with_any_column_names_and_classes(tmp_path):
+    table = 'message,category,extra\nhello,greeting,1\nbuy now,ad,2\n"a, b",question,3\n'
+    frame = read_labeled_table(write(tmp_path, table, "mine.csv"), "message", "category")
+    assert frame.to_dict("list") == {
+        "Label": ["greeting", "ad", "question"],
+        "Text": ["hello", "buy now", "a, b"],
+    }
+    assert class_names(frame) == ("ad", "greeting", "question")
+    tsv = read_labeled_table(write(tmp_path, "Label\tText\n1\tone\n0\tnone\n", "mine.tsv"))
+    assert tsv["Label"].tolist() == ["1", "0"]
+
+
+def test_user_tables_without_the_named_columns_are_refused(tmp_path):
+    path = write(tmp_path, "text,label\nhi,a\n", "mine.csv")
+    with pytest.raises(DataError, match="no column named 'Text' \\(columns: text, label\\)"):
+        read_labeled_table(path)
+    with pytest.raises(DataError, match="must end in .csv or .tsv"):
+        read_labeled_table(write(tmp_path, "x", "mine.xlsx"))
+
+
+def test_class_names_sort_integers_numerically():
+    assert class_names(pd.DataFrame({"Label": ["10", "2", "1"]})) == ("1", "2", "10")
+    assert class_names(pd.DataFrame({"Label": [1, 0, 1]})) == ("0", "1")
+
+
+def sms_frame(num_ham=40, num_spam=7):
+    """Return a frame of numbered ham and spam messages, spam scattered among ham."""
+    labels = ["ham"] * num_ham + ["spam"] * num_spam
+    frame = pd.DataFrame({"Label": labels, "Text": [f"message {i}" for i in range(len(labels))]})
+    return frame.sample(frac=1, random_state=0).reset_index(drop=True)
+
+
+def test_balancing_matches_the_chapters_recipe():
+    frame = sms_frame()
+    balanced = create_balanced_dataset(frame, seed=123)
+    spam = frame[frame["Label"] == "spam"]
+    ham = frame[frame["Label"] == "ham"].sample(len(spam), random_state=123)
+    pd.testing.assert_frame_equal(balanced, pd.concat([ham, spam]))
+
+
+def test_balancing_three_classes_keeps_the_smallest_whole():
+    frame = pd.DataFrame({"Label": list("aaaaabbbcc"), "Text": [str(i) for i in range(10)]})
+    balanced = create_balanced_dataset(frame)
+    assert balanced["Label"].value_counts().to_dict() == {"a": 2, "b": 2, "c": 2}
+    assert balanced.index[-2:].tolist() == [8, 9]
+
+
+def test_balancing_one_class_is_an_error():
+    with pytest.raises(DataError, match="at least two classes, found 1"):
+        create_balanced_dataset(pd.DataFrame({"Label": ["ham"] * 3, "Text": ["a", "b", "c"]}))
+
+
+def test_label_encoding_is_safe_to_run_twice():
+    frame = sms_frame(5, 3)
+    once = encode_labels(frame)
+    assert once["Label"].tolist() == (frame["Label"] == "spam").astype(int).tolist()
+    pd.testing.assert_frame_equal(encode_labels(once), once)
+    book_way = frame["Label"].map({"ham": 0, "spam": 1})
+    assert book_way.map({"ham": 0, "spam": 1}).isna().all()  # the chapter's second run
+
+
+def test_label_encoding_refuses_unknown_labels():
+    with pytest.raises(DataError, match="label 'eggs' is not one of ham, spam"):
+        encode_labels(pd.DataFrame({"Label": ["ham", "eggs"], "Text": ["a", "b"]}))
+    with pytest.raises(DataError, match="neither a class name nor a class index"):
+        encode_labels(pd.DataFrame({"Label": [0, 7], "Text": ["a", "b"]}))
+
+
+def test_random_split_sizes_and_disjointness():
+    frame = sms_frame(747, 747)
+    train, validation, test = random_split(frame, 0.7, 0.1, seed=123)
+    assert (len(train), len(validation), len(test)) == (1045, 149, 300)
+    texts = pd.concat([train, validation, test])["Text"]
+    assert texts.is_unique and set(texts) == set(frame["Text"])
+    again = random_split(frame, 0.7, 0.1, seed=123)
+    assert all(a.equals(b) for a, b in zip((train, validation, test), again, strict=True))
+    assert not random_split(frame, 0.7, 0.1, seed=124)[0].equals(train)
+
+
+@pytest.mark.parametrize(
+    ("train_frac", "validation_frac"), [(0.0, 0.1), (0.7, 0.3), (1.2, 0.1), (0.7, 0)]
+)
+def test_random_split_refuses_impossible_fractions(train_frac, validation_frac):
+    with pytest.raises(DataError, match="fractions"):
+        random_split(sms_frame(), train_frac, validation_frac)
+
+
+def test_random_split_refuses_too_few_rows():
+    with pytest.raises(DataError, match="5 rows are too few"):
+        random_split(sms_frame(3, 2), 0.7, 0.1)
+
+
+def test_download_sms_spam_extracts_verifies_and_caches(file_server, tmp_path):
+    data = SMALL_SMS.encode()
+    archive = zip_bytes(SMS_MEMBER, data)
+    file_server.serve("/sms.zip", archive)
+    hashes = {
+        "archive_sha256": hashlib.sha256(archive).hexdigest(),
+        "file_sha256": hashlib.sha256(data).hexdigest(),
+    }
+    urls = (file_server.url("/missing.zip"), file_server.url("/sms.zip"))
+    path = download_sms_spam(urls=urls, progress=False, **hashes)
+    assert path.read_bytes() == data
+    assert path.parent.parent == tmp_path / "cache"
+    assert sorted(p.name for p in path.parent.iterdir()) == [SMS_MEMBER]
+    download_sms_spam(urls=urls, progress=False, **hashes)
+    assert file_server.requests["/sms.zip"] == 1  # the second call used the cache
+
+    path.write_bytes(b"ham\tcorrupted\n")
+    assert download_sms_spam(urls=urls, progress=False, **hashes).read_bytes() == data
+    assert file_server.requests["/sms.zip"] == 2  # a cached file with the wrong hash is replaced
+
+
+def test_download_sms_spam_refuses_an_archive_whose_member_differs(file_server):
+    archive = zip_bytes(SMS_MEMBER, SMALL_SMS.encode())
+    file_server.serve("/sms.zip", archive)
+    with pytest.raises(DownloadError, match="unexpected SHA-256"):
+        download_sms_spam(
+            urls=(file_server.url("/sms.zip"),),
+            archive_sha256=hashlib.sha256(archive).hexdigest(),
+            file_sha256="0" * 64,
+            progress=False,
+        )
+
+
+def test_load_data_prefers_a_given_file_and_records_it(tmp_path):
+    path = write(tmp_path, SMALL_SMS)
+    data = load_data(path)
+    assert data.provenance.source == "local"
+    assert data.provenance.sha256 == hashlib.sha256(SMALL_SMS.encode()).hexdigest()
+    assert data.classes == ("ham", "spam")
+    assert len(data.frame) == 4
+
+
+def test_load_data_reads_the_environment_variable_in_the_book_profile(tmp_path, monkeypatch):
+    monkeypatch.setenv("GPTCLASSIFIER_SMS_FILE", str(write(tmp_path, SMALL_SMS)))
+    assert load_data(profile="book").provenance.source == "local"
+    assert load_data(profile="smoke").provenance.source == "practice"
+
+
+def test_load_data_reads_user_tables(tmp_path):
+    data = load_data(write(tmp_path, "Text,Label\nhi,a\nho,b\nhu,c\n", "three.csv"))
+    assert data.classes == ("a", "b", "c")
+    assert data.provenance.source == "local"
+
+
+def test_book_profile_offline_falls_back_to_practice_data_loudly():
+    with pytest.warns(FallbackWarning, match="PRACTICE DATA SET") as caught:
+        data = load_data(profile="book")
+    message = str(caught[0].message)
+    assert "GPTCLASSIFIER_SMS_FILE" in message and "archive.ics.uci.edu" in message
+    assert data.provenance.source == "practice"
+    assert data.provenance.note.startswith("fallback: could not download")
+    assert set(data.frame["Label"]) == {"ham", "spam"}
+
+
+def test_strict_mode_turns_the_fallback_into_an_error(monkeypatch):
+    monkeypatch.setenv("GPTCLASSIFIER_STRICT", "1")
+    with pytest.raises(DownloadError, match="GPTCLASSIFIER_SMS_FILE"):
+        load_data(profile="book")

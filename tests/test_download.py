@@ -1,0 +1,164 @@
+"""Downloads from a local HTTP server: success, 404, 5xx, timeout, wrong hash, the mirror."""
+
+import hashlib
+import io
+import socket
+import zipfile
+
+import pytest
+
+from gptclassifier.download import (
+    atomic_writer,
+    cache_dir,
+    download_file,
+    read_zip_member,
+    sha256_of,
+)
+from gptclassifier.errors import DataError, DownloadError
+
+PAYLOAD = b"label\ttext\n" * 1000
+PAYLOAD_SHA256 = hashlib.sha256(PAYLOAD).hexdigest()
+FAST = {"timeout": 2.0, "backoff": 0.0, "progress": False}
+
+
+def leftovers(folder):
+    """Return the temporary files a download may have left in a folder."""
+    return sorted(path.name for path in folder.iterdir() if path.name.startswith("."))
+
+
+def test_download_writes_the_verified_file(file_server, tmp_path):
+    file_server.serve("/data.bin", PAYLOAD)
+    dest = download_file(
+        [file_server.url("/data.bin")], tmp_path / "data.bin", PAYLOAD_SHA256, **FAST
+    )
+    assert dest.read_bytes() == PAYLOAD
+    assert sha256_of(dest) == PAYLOAD_SHA256
+    assert leftovers(tmp_path) == []
+
+
+def test_404_moves_on_to_the_mirror_without_retrying(file_server, tmp_path):
+    file_server.serve("/mirror.bin", PAYLOAD)
+    urls = [file_server.url("/gone.bin"), file_server.url("/mirror.bin")]
+    dest = download_file(urls, tmp_path / "data.bin", PAYLOAD_SHA256, retries=3, **FAST)
+    assert dest.read_bytes() == PAYLOAD
+    assert file_server.requests == {"/gone.bin": 1, "/mirror.bin": 1}
+
+
+def test_server_errors_are_retried_then_the_mirror_is_used(file_server, tmp_path):
+    file_server.serve("/busy.bin", b"try later", status=503)
+    file_server.serve("/mirror.bin", PAYLOAD)
+    urls = [file_server.url("/busy.bin"), file_server.url("/mirror.bin")]
+    download_file(urls, tmp_path / "data.bin", PAYLOAD_SHA256, retries=3, **FAST)
+    assert file_server.requests["/busy.bin"] == 3
+
+
+def test_a_timeout_falls_back_to_the_mirror(file_server, tmp_path):
+    file_server.serve("/slow.bin", PAYLOAD, delay=1.0)
+    file_server.serve("/mirror.bin", PAYLOAD)
+    urls = [file_server.url("/slow.bin"), file_server.url("/mirror.bin")]
+    options = {**FAST, "timeout": 0.2}
+    dest = download_file(urls, tmp_path / "data.bin", PAYLOAD_SHA256, retries=1, **options)
+    assert dest.read_bytes() == PAYLOAD
+
+
+def test_a_wrong_hash_is_refused_and_leaves_no_file(file_server, tmp_path):
+    file_server.serve("/data.bin", PAYLOAD + b"tampered")
+    dest = tmp_path / "data.bin"
+    with pytest.raises(DownloadError, match="SHA-256"):
+        download_file([file_server.url("/data.bin")], dest, PAYLOAD_SHA256, **FAST)
+    assert not dest.exists()
+    assert leftovers(tmp_path) == []
+
+
+def test_a_wrong_hash_on_the_first_address_falls_back_to_the_mirror(file_server, tmp_path):
+    file_server.serve("/bad.bin", b"something else")
+    file_server.serve("/mirror.bin", PAYLOAD)
+    urls = [file_server.url("/bad.bin"), file_server.url("/mirror.bin")]
+    assert download_file(urls, tmp_path / "d", PAYLOAD_SHA256, **FAST).read_bytes() == PAYLOAD
+
+
+def test_a_truncated_download_leaves_no_file(file_server, tmp_path):
+    file_server.serve("/short.bin", PAYLOAD, declared_length=len(PAYLOAD) + 100)
+    dest = tmp_path / "data.bin"
+    with pytest.raises(DownloadError):
+        download_file([file_server.url("/short.bin")], dest, None, retries=2, **FAST)
+    assert not dest.exists()
+    assert leftovers(tmp_path) == []
+
+
+def test_an_html_page_is_not_taken_for_the_file(file_server, tmp_path):
+    file_server.serve("/login", b"<html>sign in</html>", content_type="text/html")
+    with pytest.raises(DownloadError, match="HTML page"):
+        download_file([file_server.url("/login")], tmp_path / "data.bin", None, **FAST)
+
+
+def test_an_oversized_file_is_refused(file_server, tmp_path):
+    file_server.serve("/big.bin", PAYLOAD)
+    with pytest.raises(DownloadError, match="limit"):
+        download_file([file_server.url("/big.bin")], tmp_path / "d", None, max_bytes=100, **FAST)
+
+
+def test_a_refused_connection_is_reported_with_every_address(tmp_path):
+    with socket.socket() as probe:  # find a port that nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    urls = [f"http://127.0.0.1:{port}/a.zip", f"http://127.0.0.1:{port}/b.zip"]
+    with pytest.raises(DownloadError) as caught:
+        download_file(urls, tmp_path / "data.bin", None, retries=2, **FAST)
+    assert "a.zip" in str(caught.value) and "b.zip" in str(caught.value)
+
+
+def test_a_failed_download_keeps_the_previous_file(file_server, tmp_path):
+    dest = tmp_path / "data.bin"
+    dest.write_bytes(b"previous copy")
+    with pytest.raises(DownloadError):
+        download_file([file_server.url("/missing")], dest, None, **FAST)
+    assert dest.read_bytes() == b"previous copy"
+
+
+def test_unreachable_hosts_fail_fast_without_retries(tmp_path):
+    urls = ["https://archive.ics.uci.edu/x.zip", "https://mirror.invalid/x.zip"]
+    with pytest.raises(DownloadError, match="x.zip"):
+        download_file(urls, tmp_path / "x.zip", None, retries=5, backoff=10.0, progress=False)
+
+
+def test_cache_dir_follows_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("GPTCLASSIFIER_CACHE", str(tmp_path / "elsewhere"))
+    assert cache_dir() == tmp_path / "elsewhere"
+    monkeypatch.delenv("GPTCLASSIFIER_CACHE")
+    assert cache_dir().name == "gptclassifier"
+
+
+def test_atomic_writer_removes_the_partial_file_on_error(tmp_path):
+    target = tmp_path / "out.txt"
+    with pytest.raises(RuntimeError), atomic_writer(target) as file:
+        file.write(b"half")
+        raise RuntimeError("interrupted")
+    assert list(tmp_path.iterdir()) == []
+
+
+def make_zip(members: dict[str, bytes]) -> bytes:
+    """Return the bytes of a zip archive holding `members`."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def test_zip_members_are_read_by_name_only(tmp_path):
+    archive = tmp_path / "a.zip"
+    archive.write_bytes(make_zip({"../SMSSpamCollection": b"evil", "/etc/passwd": b"evil"}))
+    with pytest.raises(DataError, match="no member named SMSSpamCollection"):
+        read_zip_member(archive, "SMSSpamCollection")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["a.zip"]
+
+
+def test_oversized_zip_members_and_broken_archives_are_refused(tmp_path):
+    archive = tmp_path / "a.zip"
+    archive.write_bytes(make_zip({"SMSSpamCollection": b"x" * 1000}))
+    with pytest.raises(DataError, match="more than the 100 allowed"):
+        read_zip_member(archive, "SMSSpamCollection", max_bytes=100)
+    archive.write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(DataError, match="not a readable zip"):
+        read_zip_member(archive, "SMSSpamCollection")

@@ -1,0 +1,63 @@
+"""The project's own files agree: pyproject.toml, environment.yml, the Makefile and CI."""
+
+import re
+import subprocess
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CONDA_NAMES = {"torch": "pytorch"}  # where conda-forge names a package differently
+
+
+def requirement_bounds(requirements):
+    """Return {name: lower bound} for requirements written as `name>=version`."""
+    return dict(re.fullmatch(r"([\w.-]+)>=([\w.]+)", line).groups() for line in requirements)
+
+
+def environment_entries():
+    """Return the dependency lines of environment.yml as (entry, comment) pairs."""
+    entries = []
+    for line in (ROOT / "environment.yml").read_text().splitlines():
+        match = re.fullmatch(r"\s+- ([^#]+?)\s*(?:#\s*(.*))?", line)
+        if match:
+            entries.append(match.groups())
+    return entries
+
+
+def test_environment_yml_has_every_dependency_with_the_same_bound():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = project["dependencies"] + [
+        requirement for extra in project["optional-dependencies"].values() for requirement in extra
+    ]
+    bounds = {
+        CONDA_NAMES.get(name, name): bound for name, bound in requirement_bounds(wanted).items()
+    }
+    entries = dict(entry.split(">=") for entry, _ in environment_entries() if ">=" in entry)
+    assert entries == bounds
+
+
+def test_environment_yml_pins_python_and_comments_every_line():
+    entries = environment_entries()
+    assert ("conda-forge", entries[0][1]) == entries[0] and len(entries[0][1]) > 10
+    assert any(re.fullmatch(r"python=3\.\d+", entry) for entry, _ in entries)
+    assert ("-e .", entries[-1][1]) == entries[-1]
+    uncommented = [entry for entry, comment in entries if not comment and entry != "pip:"]
+    assert uncommented == []
+
+
+def test_make_help_is_the_default_and_lists_every_target():
+    makefile = (ROOT / "Makefile").read_text()
+    targets = set(re.search(r"^\.PHONY: (.+)$", makefile, re.M).group(1).split())
+    assert {"setup", "lab", "train", "test", "lint", "clean"} <= targets
+    shown = subprocess.run(
+        ["make", "--no-print-directory"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    listed = set(re.findall(r"^  make (\S+)", shown, re.M))
+    assert listed == targets
+
+
+def test_ci_runs_the_readmes_test_command():
+    assert "make test" in (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert re.search(r"^make test$", ci, re.M)
+    assert "GPTCLASSIFIER_TEST_SMS_FILE" in ci

