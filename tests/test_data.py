@@ -6,6 +6,8 @@ import zipfile
 
 import pandas as pd
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gptclassifier.data import (
     SMS_MEMBER,
@@ -48,6 +50,24 @@ def test_exact_parsing_keeps_every_line_and_tabs_inside_messages(tmp_path):
         '"Lunch?" she asked',
         "ok",
     ]
+
+
+MESSAGE_TEXT = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\n\r"), max_size=40
+)
+
+
+@given(st.lists(st.tuples(st.sampled_from(["ham", "spam"]), MESSAGE_TEXT), min_size=1, max_size=20))
+def test_exact_parsing_round_trips_any_messages(tmp_path_factory, messages):
+    path = tmp_path_factory.mktemp("sms") / "SMSSpamCollection"
+    path.write_text("".join(f"{label}\t{text}\n" for label, text in messages), encoding="utf-8")
+    frame = read_sms_spam(path)
+    assert list(zip(frame["Label"], frame["Text"], strict=True)) == messages
+
+
+def test_exact_parsing_keeps_unicode_line_separators_inside_messages(tmp_path):
+    text = "one\u2028two\x85three\x0bfour"
+    assert read_sms_spam(write(tmp_path, f"ham\t{text}\n"))["Text"].tolist() == [text]
 
 
 def test_exact_parsing_strips_a_byte_order_mark_and_crlf(tmp_path):
