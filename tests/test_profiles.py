@@ -3,15 +3,32 @@
 import pytest
 
 from gptclassifier.errors import ConfigError
-from gptclassifier.profiles import get_profile, strict_mode
+from gptclassifier.profiles import get_profile, strict_mode, train_settings
 
 
 def test_book_is_the_default_with_the_chapters_settings():
     book = get_profile()
-    assert book.name == "book" and book.data == "sms" and book.model == "gpt2-small"
-    chapter = (book.batch_size, book.num_epochs, book.lr, book.weight_decay, book.seed)
-    assert chapter == (8, 5, 5e-5, 0.1, 123)
-    assert (book.eval_freq, book.eval_iter) == (50, 5)
+    assert (book.name, book.data) == ("book", "sms")
+    chapter = book.training
+    assert (chapter.model, chapter.trainable, chapter.pooling) == (
+        "gpt2-small",
+        "last_block",
+        "last",
+    )
+    assert (chapter.batch_size, chapter.num_epochs, chapter.lr, chapter.weight_decay) == (
+        8,
+        5,
+        5e-5,
+        0.1,
+    )
+    assert (chapter.eval_freq, chapter.eval_iter, chapter.seed) == (50, 5, 123)
+
+
+def test_overrides_replace_only_what_is_given():
+    settings = train_settings("smoke", lr=0.5, num_epochs=None)
+    assert settings.lr == 0.5
+    assert settings.num_epochs == get_profile("smoke").training.num_epochs
+    assert settings.model == "gpt2-nano"
 
 
 def test_the_environment_and_an_argument_choose_the_profile(monkeypatch):

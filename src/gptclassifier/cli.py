@@ -7,9 +7,15 @@ from pathlib import Path
 
 from gptclassifier import __version__
 from gptclassifier.data import PARSINGS, load_data
-from gptclassifier.errors import FallbackWarning, GptClassifierError
-from gptclassifier.prepare import count_labels, prepare_splits, write_splits
-from gptclassifier.profiles import PROFILES
+from gptclassifier.errors import DataError, FallbackWarning, GptClassifierError
+from gptclassifier.evaluate import classify_with_run, evaluate_run
+from gptclassifier.finetune import TRAINABLE_STRATEGIES
+from gptclassifier.model import GPT_SIZES
+from gptclassifier.pipeline import fine_tune
+from gptclassifier.prepare import SPLIT_NAMES, count_labels, prepare_splits, write_splits
+from gptclassifier.profiles import PROFILES, train_settings
+from gptclassifier.runs import ensure_run_dir_free
+from gptclassifier.train import POOLINGS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,39 +27,108 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    prepare = commands.add_parser(
-        "prepare", help="balance and split the data into train/validation/test CSV files"
-    )
-    prepare.add_argument(
-        "--data", type=Path, help="SMS data file, UCI zip, or CSV/TSV table with a header row"
-    )
-    prepare.add_argument(
-        "--parsing",
-        choices=PARSINGS,
-        default="exact",
-        help="exact: every line is a message; book: the chapter's pandas parse (default: exact)",
-    )
-    prepare.add_argument(
+    data_options = argparse.ArgumentParser(add_help=False)
+    data_options.add_argument(
         "--profile", choices=list(PROFILES), help="default: $GPTCLASSIFIER_PROFILE or book"
     )
-    prepare.add_argument("--text-column", default="Text", help="text column of a CSV/TSV table")
-    prepare.add_argument("--label-column", default="Label", help="label column of a CSV/TSV table")
-    prepare.add_argument("--seed", type=int, default=123, help="seed of balancing and shuffling")
+    data_options.add_argument(
+        "--data", type=Path, help="SMS data file, UCI zip, or CSV/TSV table with a header row"
+    )
+    data_options.add_argument(
+        "--parsing",
+        choices=PARSINGS,
+        help="exact: every line is a message (default); book: the chapter's pandas parse",
+    )
+    data_options.add_argument("--text-column", default="Text", help="text column of a table")
+    data_options.add_argument("--label-column", default="Label", help="label column of a table")
+    data_options.add_argument("--seed", type=int, help="seed of sampling, shuffling and training")
+
+    prepare = commands.add_parser(
+        "prepare", parents=[data_options], help="balance and split the data into CSV files"
+    )
     prepare.add_argument("--out", type=Path, default=Path("data/prepared"), help="output folder")
     prepare.set_defaults(handler=run_prepare)
+
+    train = commands.add_parser(
+        "train", parents=[data_options], help="fine-tune GPT-2 and save the run"
+    )
+    train.add_argument("--model", choices=list(GPT_SIZES), help="model size")
+    train.add_argument("--trainable", choices=TRAINABLE_STRATEGIES, help="what to fine-tune")
+    train.add_argument("--pooling", choices=POOLINGS, help="which token's logits classify")
+    train.add_argument("--epochs", type=int, dest="num_epochs", help="passes over the data")
+    train.add_argument("--batch-size", type=int, help="messages per training step")
+    train.add_argument("--lr", type=float, help="AdamW learning rate")
+    train.add_argument("--out", type=Path, required=True, help="run directory to create")
+    train.add_argument("--force", action="store_true", help="replace an existing run directory")
+    train.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    train.set_defaults(handler=run_train)
+
+    evaluate = commands.add_parser("evaluate", help="metrics of a saved run on one of its splits")
+    evaluate.add_argument("--model", type=Path, required=True, help="run directory")
+    evaluate.add_argument("--split", choices=SPLIT_NAMES, default="test", help="default: test")
+    evaluate.set_defaults(handler=run_evaluate)
+
+    classify = commands.add_parser("classify", help="classify new messages with a saved run")
+    classify.add_argument("--model", type=Path, required=True, help="run directory")
+    classify.add_argument("texts", nargs="+", metavar="TEXT", help="messages; - reads stdin")
+    classify.set_defaults(handler=run_classify)
     return parser
 
 
 def run_prepare(args: argparse.Namespace) -> None:
     """Write the three splits and print their class counts."""
-    data = load_data(args.data, args.parsing, args.profile, args.text_column, args.label_column)
-    splits = prepare_splits(data, seed=args.seed)
-    paths = write_splits(splits, data, args.out, parsing=args.parsing, seed=args.seed)
+    settings = train_settings(args.profile, parsing=args.parsing, seed=args.seed)
+    data = load_data(args.data, settings.parsing, args.profile, args.text_column, args.label_column)
+    splits = prepare_splits(data, seed=settings.seed)
+    paths = write_splits(splits, data, args.out, parsing=settings.parsing, seed=settings.seed)
     origin = data.provenance
     print(f"data: {origin.source} {origin.path}")
-    print(f"{len(data.frame):,} messages ({args.parsing} parsing), balanced and split:")
+    print(f"{len(data.frame):,} messages ({settings.parsing} parsing), balanced and split:")
     print(count_labels(splits, data.classes).to_string())
     print(f"wrote {', '.join(str(path) for path in paths)}")
+
+
+def run_train(args: argparse.Namespace) -> None:
+    """Fine-tune, then print the accuracies and where the outputs are."""
+    ensure_run_dir_free(args.out, args.force)
+    names = ("model", "trainable", "pooling", "parsing", "num_epochs", "batch_size", "lr", "seed")
+    overrides = {name: getattr(args, name) for name in names}
+    settings = train_settings(args.profile, **overrides)
+    data = load_data(args.data, settings.parsing, args.profile, args.text_column, args.label_column)
+    result = fine_tune(
+        data, settings, args.out, args.profile, args.force, not args.no_progress, log=print
+    )
+    minutes = result.history.seconds / 60
+    print(f"Training completed in {minutes:.2f} minutes.")
+    titles = {"train": "Training", "validation": "Validation", "test": "Test"}
+    accuracies = " | ".join(
+        f"{titles[name]} accuracy: {result.metrics[name]['accuracy']:.2%}" for name in SPLIT_NAMES
+    )
+    print(accuracies)
+    files = ", ".join(sorted(path.name for path in result.run_dir.iterdir()))
+    print(f"outputs in {result.run_dir}: {files}")
+
+
+def run_evaluate(args: argparse.Namespace) -> None:
+    """Print the metrics of a saved run on one of its splits."""
+    metrics = evaluate_run(args.model, args.split)
+    print(f"{args.split}: {metrics['num_examples']} messages")
+    for name in ("accuracy", "precision", "recall", "f1"):
+        print(f"{name:>9}: {metrics[name]:.2%}")
+    print("confusion matrix (rows: true class, columns: predicted):")
+    for row in metrics["confusion_matrix"]:
+        print("  " + " ".join(f"{count:6d}" for count in row))
+
+
+def run_classify(args: argparse.Namespace) -> None:
+    """Print label, probability and text for each message."""
+    texts = args.texts
+    if texts == ["-"]:
+        texts = [line.rstrip("\n") for line in sys.stdin if line.strip()]
+        if not texts:
+            raise DataError("no messages on standard input")
+    for text, prediction in zip(texts, classify_with_run(args.model, texts), strict=True):
+        print(f"{prediction.label}\t{prediction.probability:.4f}\t{text}")
 
 
 def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -1,7 +1,7 @@
 """Run profiles: `book` (the chapter's data and settings) and `smoke` (seconds, offline)."""
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from gptclassifier.errors import ConfigError
 
@@ -10,43 +10,37 @@ STRICT_VARIABLE = "GPTCLASSIFIER_STRICT"
 
 
 @dataclass(frozen=True)
-class Profile:
-    """The inputs and settings of one kind of run; the code path is the same for all."""
+class TrainSettings:
+    """Everything that decides a fine-tuning run; the defaults are the chapter's."""
 
-    name: str
-    data: str  # "sms": the SMS Spam Collection; "practice": the project's practice set
-    model: str
-    batch_size: int
-    num_epochs: int
-    lr: float
-    weight_decay: float
-    eval_freq: int
-    eval_iter: int
+    model: str = "gpt2-small"
+    trainable: str = "last_block"
+    pooling: str = "last"
+    parsing: str = "exact"
+    num_epochs: int = 5
+    batch_size: int = 8
+    lr: float = 5e-5
+    weight_decay: float = 0.1
+    eval_freq: int = 50
+    eval_iter: int = 5
     seed: int = 123
 
 
+@dataclass(frozen=True)
+class Profile:
+    """The inputs of one kind of run; the code path is the same for all."""
+
+    name: str
+    data: str  # "sms": the SMS Spam Collection; "practice": the project's practice set
+    training: TrainSettings
+
+
 PROFILES = {
-    "book": Profile(
-        name="book",
-        data="sms",
-        model="gpt2-small",
-        batch_size=8,
-        num_epochs=5,
-        lr=5e-5,
-        weight_decay=0.1,
-        eval_freq=50,
-        eval_iter=5,
-    ),
+    "book": Profile("book", data="sms", training=TrainSettings()),
     "smoke": Profile(
-        name="smoke",
+        "smoke",
         data="practice",
-        model="gpt2-nano",
-        batch_size=8,
-        num_epochs=2,
-        lr=5e-4,
-        weight_decay=0.1,
-        eval_freq=5,
-        eval_iter=2,
+        training=TrainSettings(model="gpt2-nano", lr=1e-3, eval_freq=5, eval_iter=2),
     ),
 }
 
@@ -65,3 +59,9 @@ def get_profile(name: str | None = None) -> Profile:
 def strict_mode() -> bool:
     """Return whether $GPTCLASSIFIER_STRICT forbids falling back to stand-in data or weights."""
     return os.environ.get(STRICT_VARIABLE, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def train_settings(profile: str | None = None, **overrides) -> TrainSettings:
+    """Return a profile's training settings with every override that is not None applied."""
+    chosen = {name: value for name, value in overrides.items() if value is not None}
+    return replace(get_profile(profile).training, **chosen)

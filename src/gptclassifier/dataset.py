@@ -1,0 +1,95 @@
+"""Messages as padded token-id tensors: the chapter's SpamDataset and its data loaders."""
+
+import warnings
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from gptclassifier.errors import DataError
+from gptclassifier.tokenizer import PAD_TOKEN_ID
+
+
+class SpamDataset(Dataset):
+    """Token ids of each message, cut or padded with <|endoftext|> to one length, and its label.
+
+    With `max_length=None` the length is that of the longest message (the chapter pads the
+    training set this way, then cuts validation and test messages to the same length).
+    """
+
+    def __init__(self, data, tokenizer, max_length: int | None = None, pad_token_id=PAD_TOKEN_ID):
+        self.data = _as_frame(data)
+        try:
+            self.labels = [int(label) for label in self.data["Label"]]
+        except ValueError as exc:
+            raise DataError(f"labels must be class indices; encode them first ({exc})") from None
+        # disallowed_special=() encodes a literal "<|endoftext|>" in a message as plain text,
+        # so the padding id never occurs inside a message.
+        self.encoded_texts = [
+            tokenizer.encode(text, disallowed_special=()) for text in self.data["Text"]
+        ]
+        self.max_length = self._longest_encoded_length() if max_length is None else max_length
+        self.encoded_texts = [
+            ids[: self.max_length]
+            + [pad_token_id] * (self.max_length - len(ids[: self.max_length]))
+            for ids in self.encoded_texts
+        ]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return (
+            torch.tensor(self.encoded_texts[index], dtype=torch.long),
+            torch.tensor(self.labels[index], dtype=torch.long),
+        )
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def _longest_encoded_length(self) -> int:
+        """Return the number of tokens of the longest message."""
+        return max(len(ids) for ids in self.encoded_texts)
+
+
+def _as_frame(data) -> pd.DataFrame:
+    """Return a frame of `Label` and `Text` from a frame or the path of a CSV file."""
+    if isinstance(data, pd.DataFrame):
+        return data.reset_index(drop=True)
+    return pd.read_csv(Path(data), keep_default_na=False)
+
+
+def create_datasets(
+    splits: dict, tokenizer, context_length: int, pad_token_id: int = PAD_TOKEN_ID
+) -> dict[str, SpamDataset]:
+    """Pad the training messages to the longest, within the context; cut the others to match."""
+    train = SpamDataset(splits["train"], tokenizer, pad_token_id=pad_token_id)
+    if train.max_length > context_length:
+        warnings.warn(
+            f"the longest training message has {train.max_length} tokens, more than the "
+            f"model's context of {context_length}: longer messages are cut to {context_length}",
+            stacklevel=2,
+        )
+        train = SpamDataset(splits["train"], tokenizer, context_length, pad_token_id)
+    datasets = {"train": train}
+    for name in ("validation", "test"):
+        datasets[name] = SpamDataset(splits[name], tokenizer, train.max_length, pad_token_id)
+    return datasets
+
+
+def create_data_loaders(
+    datasets: dict[str, SpamDataset], batch_size: int = 8, seed: int = 123, num_workers: int = 0
+) -> dict[str, DataLoader]:
+    """Return the chapter's loaders: shuffled full training batches, and every other message."""
+    generator = torch.Generator().manual_seed(seed)
+    loaders = {
+        "train": DataLoader(
+            datasets["train"],
+            batch_size=batch_size,
+            shuffle=True,
+            drop_last=True,
+            num_workers=num_workers,
+            generator=generator,
+        )
+    }
+    for name in ("validation", "test"):
+        loaders[name] = DataLoader(datasets[name], batch_size=batch_size, num_workers=num_workers)
+    return loaders

@@ -1,0 +1,140 @@
+"""Judging and using a fine-tuned classifier: metrics, a confusion matrix, new messages."""
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+
+from gptclassifier.dataset import SpamDataset
+from gptclassifier.errors import DataError
+from gptclassifier.runs import load_run
+from gptclassifier.tokenizer import PAD_TOKEN_ID, get_tokenizer
+from gptclassifier.train import choose_device, classifier_logits, evaluating
+
+
+def confusion_matrix(model, data_loader, device, num_classes: int, pooling="last") -> torch.Tensor:
+    """Return counts of (true class, predicted class) over every message of a loader."""
+    counts = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    with evaluating(model):
+        for inputs, targets in data_loader:
+            predicted = classifier_logits(model, inputs.to(device), pooling).argmax(dim=-1).cpu()
+            counts += torch.bincount(
+                targets * num_classes + predicted, minlength=num_classes**2
+            ).view(num_classes, num_classes)
+    return counts
+
+
+def classification_metrics(counts: torch.Tensor) -> dict:
+    """Return accuracy, precision, recall and F1 from a confusion matrix.
+
+    With two classes these describe class 1 (spam); with more, they are macro averages.
+    """
+    counts = counts.double()
+    true_positives = counts.diagonal()
+    precision = _safe_ratio(true_positives, counts.sum(dim=0))
+    recall = _safe_ratio(true_positives, counts.sum(dim=1))
+    f1 = _safe_ratio(2 * precision * recall, precision + recall)
+    pick = (lambda per_class: per_class[1]) if len(counts) == 2 else (lambda t: t.mean())
+    return {
+        "accuracy": (true_positives.sum() / counts.sum()).item(),
+        "precision": pick(precision).item(),
+        "recall": pick(recall).item(),
+        "f1": pick(f1).item(),
+        "confusion_matrix": counts.long().tolist(),
+        "num_examples": int(counts.sum().item()),
+    }
+
+
+def _safe_ratio(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
+    """Divide element-wise, giving 0 where the denominator is 0."""
+    return torch.where(denominator > 0, numerator / denominator.clamp(min=1e-12), 0.0)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """A message's predicted class and the model's probability for it."""
+
+    label: str
+    probability: float
+
+
+def classify_texts(
+    texts: Sequence[str],
+    model,
+    tokenizer,
+    device,
+    max_length: int | None = None,
+    pad_token_id: int = PAD_TOKEN_ID,
+    pooling: str = "last",
+    classes: Sequence[str] = ("ham", "spam"),
+    batch_size: int = 32,
+) -> list[Prediction]:
+    """Classify new messages, prepared the way the training messages were.
+
+    With `last` or `first` pooling each message is padded to `max_length` like the training
+    set; `flexible` pooling needs no padding beyond the longest message of the batch.
+    """
+    context_length = model.pos_emb.num_embeddings
+    limit = min(max_length or context_length, context_length)
+    encoded = []
+    for text in texts:
+        if not text.strip():
+            raise DataError("cannot classify an empty message")
+        ids = tokenizer.encode(text, disallowed_special=())
+        if len(ids) > limit:
+            warnings.warn(
+                f"a message of {len(ids)} tokens is cut to the first {limit}", stacklevel=2
+            )
+        encoded.append(ids[:limit])
+    predictions = []
+    for start in range(0, len(encoded), batch_size):
+        chunk = encoded[start : start + batch_size]
+        length = max(map(len, chunk)) if pooling == "flexible" or max_length is None else limit
+        batch = torch.tensor([ids + [pad_token_id] * (length - len(ids)) for ids in chunk])
+        with evaluating(model):
+            logits = classifier_logits(model, batch.to(device), pooling)
+        probabilities = torch.softmax(logits.float(), dim=-1).cpu()
+        predictions += [
+            Prediction(classes[index], probabilities[row, index].item())
+            for row, index in enumerate(probabilities.argmax(dim=-1).tolist())
+        ]
+    return predictions
+
+
+def classify_text(text: str, model, tokenizer, device, **options) -> Prediction:
+    """Classify one new message; see classify_texts for the options."""
+    return classify_texts([text], model, tokenizer, device, **options)[0]
+
+
+def evaluate_run(run_dir: Path, split: str = "test") -> dict:
+    """Return the metrics of a saved run on one of the splits it was trained with."""
+    device = choose_device()
+    model, config = load_run(run_dir, device)
+    split_file = Path(run_dir) / "data" / f"{split}.csv"
+    if not split_file.is_file():
+        raise DataError(f"{split_file}: the run has no {split} split")
+    dataset = SpamDataset(
+        pd.read_csv(split_file, keep_default_na=False), get_tokenizer(), config["max_length"]
+    )
+    loader = DataLoader(dataset, batch_size=config["training"]["batch_size"])
+    counts = confusion_matrix(model, loader, device, len(config["classes"]), config["pooling"])
+    return classification_metrics(counts)
+
+
+def classify_with_run(run_dir: Path, texts: Sequence[str]) -> list[Prediction]:
+    """Classify new messages with a saved run, prepared as its training messages were."""
+    device = choose_device()
+    model, config = load_run(run_dir, device)
+    return classify_texts(
+        texts,
+        model,
+        get_tokenizer(),
+        device,
+        max_length=config["max_length"],
+        pooling=config["pooling"],
+        classes=config["classes"],
+    )
