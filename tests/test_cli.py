@@ -1,5 +1,7 @@
-"""The command line: prepare, its messages, and its exit status on user mistakes."""
+"""The command line: each subcommand, its messages, and its exit status on user mistakes."""
 
+import io
+import json
 import subprocess
 import sys
 import sysconfig
@@ -102,3 +104,74 @@ def test_a_bad_option_value_exits_2_without_a_traceback(tmp_path):
     done = run([sys.executable, "-m", "gptclassifier", "prepare", "--parsing", "fast"], tmp_path)
     assert done.returncode == 2
     assert "invalid choice: 'fast'" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """Train once with the command line in the smoke profile; return the run directory."""
+    out = tmp_path_factory.mktemp("runs") / "smoke"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GPTCLASSIFIER_CACHE", str(tmp_path_factory.mktemp("cache")))
+        assert main(["train", "--profile", "smoke", "--out", str(out), "--no-progress"]) == 0
+    return out
+
+
+def test_train_writes_the_model_and_metrics_of_every_split(trained_run):
+    assert (trained_run / "model.safetensors").is_file()
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    assert set(metrics) == {"train", "validation", "test"}
+
+
+def test_train_refuses_to_overwrite_without_force(trained_run, capsys):
+    before = (trained_run / "model.safetensors").stat().st_mtime_ns
+    assert main(["train", "--profile", "smoke", "--out", str(trained_run)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert (trained_run / "model.safetensors").stat().st_mtime_ns == before
+
+
+def test_train_overrides_reach_the_run(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--profile", "smoke", "--out", str(out), "--no-progress", "--epochs", "1"]
+    assert main([*args, "--pooling", "flexible", "--trainable", "last_layer", "--lr", "0.01"]) == 0
+    printed = capsys.readouterr().out
+    assert "Training accuracy:" in printed and "Test accuracy:" in printed
+    assert f"outputs in {out}" in printed
+    training = json.loads((out / "config.json").read_text())["training"]
+    assert (training["num_epochs"], training["pooling"]) == (1, "flexible")
+    assert (training["trainable"], training["lr"]) == ("last_layer", 0.01)
+
+
+def test_evaluate_prints_the_metrics_of_a_split(trained_run, capsys):
+    assert main(["evaluate", "--model", str(trained_run), "--split", "validation"]) == 0
+    printed = capsys.readouterr().out
+    metrics = json.loads((trained_run / "metrics.json").read_text())["validation"]
+    assert printed.startswith(f"validation: {metrics['num_examples']} messages")
+    assert f"accuracy: {metrics['accuracy']:.2%}" in printed
+
+
+def test_classify_prints_label_probability_and_text(trained_run, capsys, monkeypatch):
+    texts = ["WIN a prize now!", "see you at 7 😊"]
+    assert main(["classify", "--model", str(trained_run), *texts]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("\t")[2] for line in lines] == texts
+    assert all(line.split("\t")[0] in ("ham", "spam") for line in lines)
+    assert all(0.5 <= float(line.split("\t")[1]) <= 1 for line in lines)
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("WIN a prize now!\n\nsee you at 7 😊\n"))
+    assert main(["classify", "--model", str(trained_run), "-"]) == 0
+    assert capsys.readouterr().out.splitlines() == lines
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["classify", "--model", "{run}", "   "], "cannot classify an empty message"),
+        (["classify", "--model", "{missing}", "hi"], "no such run directory"),
+        (["evaluate", "--model", "{missing}"], "no such run directory"),
+    ],
+)
+def test_run_commands_report_mistakes_in_one_line(trained_run, tmp_path, capsys, args, message):
+    paths = {"run": str(trained_run), "missing": str(tmp_path / "missing")}
+    assert main([arg.format(**paths) for arg in args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gptclassifier: error: ") and message in err and err.count("\n") == 1

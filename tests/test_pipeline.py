@@ -1,0 +1,91 @@
+"""The chapter end to end in the smoke profile: data, model, training, evaluation, saved run."""
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from gptclassifier.data import load_data
+from gptclassifier.evaluate import classify_with_run, evaluate_run
+from gptclassifier.pipeline import fine_tune
+from gptclassifier.profiles import train_settings
+from gptclassifier.runs import load_run
+from gptclassifier.tokenizer import get_tokenizer
+
+RUN_FILES = {
+    "model.safetensors", "config.json", "metrics.json", "history.json", "data",
+    "loss.png", "loss.pdf", "accuracy.png", "accuracy.pdf",
+    "confusion_matrix.png", "confusion_matrix.pdf",
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """Fine-tune once in the smoke profile and return the result."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GPTCLASSIFIER_CACHE", str(tmp_path_factory.mktemp("cache")))
+        settings = train_settings("smoke")
+        data = load_data(profile="smoke", parsing=settings.parsing)
+        out = tmp_path_factory.mktemp("runs") / "smoke"
+        lines = []
+        result = fine_tune(data, settings, out, "smoke", progress=False, log=lines.append)
+    return result, lines
+
+
+def test_the_run_directory_holds_everything_promised(smoke_run):
+    result, _ = smoke_run
+    assert {path.name for path in result.run_dir.iterdir()} == RUN_FILES
+    assert {path.name for path in (result.run_dir / "data").iterdir()} == {
+        "train.csv", "validation.csv", "test.csv", "dataset.json",
+    }  # fmt: skip
+    assert (result.run_dir / "loss.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_config_records_settings_and_provenance(smoke_run):
+    result, _ = smoke_run
+    config = json.loads((result.run_dir / "config.json").read_text())
+    assert config["profile"] == "smoke"
+    assert config["classes"] == ["ham", "spam"]
+    assert config["training"]["lr"] == 1e-3 and config["training"]["trainable"] == "last_block"
+    assert config["provenance"]["data"]["source"] == "practice"
+    assert config["provenance"]["weights"]["source"] == "random"
+    assert config["parameters"]["trainable"] < config["parameters"]["total"]
+    train = pd.read_csv(result.run_dir / "data" / "train.csv", keep_default_na=False)
+    longest = max(len(get_tokenizer().encode(text)) for text in train["Text"])
+    assert config["max_length"] == min(longest, config["model"]["context_length"])
+
+
+def test_the_model_learns_and_metrics_agree_with_a_fresh_evaluation(smoke_run):
+    result, _ = smoke_run
+    history = result.history
+    assert history.train_losses[-1] < history.train_losses[0]
+    assert result.metrics["validation"]["accuracy"] > 0.7
+    for split in ("validation", "test"):
+        assert evaluate_run(result.run_dir, split) == result.metrics[split]
+    saved = json.loads((result.run_dir / "history.json").read_text())
+    assert saved["train_losses"] == history.train_losses
+
+
+def test_the_log_follows_the_chapter(smoke_run):
+    _, lines = smoke_run
+    assert lines[0].startswith("data: practice")
+    assert lines[1].startswith("weights: random")
+    assert lines[2].startswith("model: gpt2-nano, 2,503,490 parameters, 28,466 trainable")
+    assert lines[3].startswith("Ep 1 (Step 000000): Train loss ")
+    assert sum(line.startswith("Training accuracy: ") for line in lines) == 5
+
+
+def test_classify_with_run_matches_the_loaded_model(smoke_run):
+    result, _ = smoke_run
+    texts = ["Congratulations! You WON a £1000 prize, call now", "running late, see u at 7"]
+    predictions = classify_with_run(result.run_dir, texts)
+    model, config = load_run(result.run_dir)
+    tokenizer = get_tokenizer()
+    for text, prediction in zip(texts, predictions, strict=True):
+        ids = tokenizer.encode(text)
+        ids += [50256] * (config["max_length"] - len(ids))
+        with torch.no_grad():
+            probabilities = torch.softmax(model(torch.tensor([ids]))[0, -1], dim=-1)
+        assert prediction.label == config["classes"][probabilities.argmax()]
+        assert prediction.probability == pytest.approx(probabilities.max().item(), abs=1e-6)
