@@ -11,6 +11,8 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
 SETUP_STAMP := $(VENV)/.setup-complete
+# Where `make train` saves its run; a new folder each time, so no run is ever overwritten.
+RUN_DIR ?= runs/chapter-$(shell date +%Y%m%d-%H%M%S)
 
 .PHONY: help setup lab prepare train test lint clean
 
@@ -32,8 +34,8 @@ lab: setup ## Open JupyterLab on the notebooks
 prepare: setup ## Write the chapter's train/validation/test CSVs to data/prepared
 	$(BIN)/gptclassifier prepare --out data/prepared
 
-train: setup ## Run the chapter's fine-tuning end to end (book profile)
-	$(BIN)/gptclassifier prepare --out data/prepared
+train: setup ## Fine-tune GPT-2 small on the SMS Spam Collection as the chapter does
+	$(BIN)/gptclassifier train --profile book --parsing book --out $(RUN_DIR)
 
 test: setup ## Run the tests (real-data tests run when GPTCLASSIFIER_TEST_SMS_FILE is set)
 	$(BIN)/python -m pytest

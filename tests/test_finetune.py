@@ -61,9 +61,7 @@ def test_each_strategy_trains_exactly_the_modules_it_names(strategy):
     expected = expected_trainable(model, strategy)
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
     assert trainable == expected
-    independent_count = sum(
-        p.numel() for name, p in model.named_parameters() if name in expected
-    )
+    independent_count = sum(p.numel() for name, p in model.named_parameters() if name in expected)
     total = sum(p.numel() for p in model.parameters())
     assert count_parameters(model) == (total, independent_count)
 

@@ -57,21 +57,19 @@ def _as_frame(data) -> pd.DataFrame:
     return pd.read_csv(Path(data), keep_default_na=False)
 
 
-def create_datasets(
-    splits: dict, tokenizer, context_length: int, pad_token_id: int = PAD_TOKEN_ID
-) -> dict[str, SpamDataset]:
+def create_datasets(splits: dict, tokenizer, context_length: int) -> dict[str, SpamDataset]:
     """Pad the training messages to the longest, within the context; cut the others to match."""
-    train = SpamDataset(splits["train"], tokenizer, pad_token_id=pad_token_id)
+    train = SpamDataset(splits["train"], tokenizer)
     if train.max_length > context_length:
         warnings.warn(
             f"the longest training message has {train.max_length} tokens, more than the "
             f"model's context of {context_length}: longer messages are cut to {context_length}",
             stacklevel=2,
         )
-        train = SpamDataset(splits["train"], tokenizer, context_length, pad_token_id)
+        train = SpamDataset(splits["train"], tokenizer, context_length)
     datasets = {"train": train}
     for name in ("validation", "test"):
-        datasets[name] = SpamDataset(splits[name], tokenizer, train.max_length, pad_token_id)
+        datasets[name] = SpamDataset(splits[name], tokenizer, train.max_length)
     return datasets
 
 

@@ -96,7 +96,7 @@ def classify_texts(
         length = max(map(len, chunk)) if pooling == "flexible" or max_length is None else limit
         batch = torch.tensor([ids + [pad_token_id] * (length - len(ids)) for ids in chunk])
         with evaluating(model):
-            logits = classifier_logits(model, batch.to(device), pooling)
+            logits = classifier_logits(model, batch.to(device), pooling, pad_token_id)
         probabilities = torch.softmax(logits.float(), dim=-1).cpu()
         predictions += [
             Prediction(classes[index], probabilities[row, index].item())

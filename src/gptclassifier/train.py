@@ -37,9 +37,11 @@ def pool_logits(
     raise ConfigError(f"unknown pooling {pooling!r}: choose one of {', '.join(POOLINGS)}")
 
 
-def classifier_logits(model: nn.Module, input_batch: torch.Tensor, pooling="last") -> torch.Tensor:
+def classifier_logits(
+    model: nn.Module, input_batch: torch.Tensor, pooling="last", pad_token_id=PAD_TOKEN_ID
+) -> torch.Tensor:
     """Run the model and return one row of class logits per message."""
-    return pool_logits(model(input_batch), input_batch, pooling)
+    return pool_logits(model(input_batch), input_batch, pooling, pad_token_id)
 
 
 def calc_loss_batch(input_batch, target_batch, model, device, pooling="last") -> torch.Tensor:

@@ -150,7 +150,7 @@ def _config_of(tensors: dict, config_file: Path) -> dict:
         vocab_size=vocab_size,
         context_length=tensors["wpe.weight"].shape[0],
         emb_dim=emb_dim,
-        n_layers=len(blocks),
+        n_layers=hf.get("n_layer", max(blocks, default=-1) + 1),
         n_heads=n_heads,
     )
 

@@ -1,0 +1,257 @@
+"""Metrics, the confusion matrix and classifying new messages (section 6.8 of the chapter)."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from gptclassifier.errors import DataError
+from gptclassifier.evaluate import (
+    Prediction,
+    classification_metrics,
+    classify_text,
+    classify_texts,
+    confusion_matrix,
+)
+from gptclassifier.finetune import add_classification_head
+from gptclassifier.model import GPTModel, model_config
+from gptclassifier.tokenizer import get_tokenizer
+
+CPU = torch.device("cpu")
+PAD = 50256
+NANO_CONTEXT = 128
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    """Return GPT-2's tokenizer."""
+    return get_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def nano():
+    """Return a seeded gpt2-nano with a 2-class head."""
+    torch.manual_seed(123)
+    return add_classification_head(GPTModel(model_config("gpt2-nano")), 2, seed=123).eval()
+
+
+class FirstTokenClassifier(nn.Module):
+    """A stub classifier: fixed one-hot logits for class (first token id % classes), everywhere."""
+
+    def __init__(self, num_classes: int, context_length: int = NANO_CONTEXT):
+        super().__init__()
+        self.num_classes = num_classes
+        self.pos_emb = nn.Embedding(context_length, 1)
+        self.input_shapes = []
+
+    def forward(self, input_batch: torch.Tensor) -> torch.Tensor:
+        self.input_shapes.append(tuple(input_batch.shape))
+        predicted = input_batch[:, 0] % self.num_classes
+        logits = nn.functional.one_hot(predicted, self.num_classes).float() * 3.0
+        return logits[:, None, :].expand(-1, input_batch.shape[1], -1)
+
+
+def metrics_close(metrics: dict, **expected) -> None:
+    """Assert that each named metric equals its hand-computed value and none is NaN."""
+    for name, value in expected.items():
+        assert not math.isnan(metrics[name]), name
+        assert metrics[name] == pytest.approx(value), name
+
+
+# --- classification_metrics ---------------------------------------------------------------
+
+
+def test_binary_metrics_describe_class_one():
+    # rows: true ham, true spam; columns: predicted ham, predicted spam
+    counts = torch.tensor([[50, 10], [5, 35]])
+    metrics = classification_metrics(counts)
+    metrics_close(
+        metrics,
+        accuracy=85 / 100,
+        precision=35 / 45,  # of 45 predicted spam, 35 are spam
+        recall=35 / 40,  # of 40 spam, 35 are found
+        f1=2 * 35 / (2 * 35 + 10 + 5),
+    )
+    assert metrics["confusion_matrix"] == [[50, 10], [5, 35]]
+    assert metrics["num_examples"] == 100
+
+
+def test_three_class_metrics_are_macro_averages():
+    counts = torch.tensor([[5, 1, 0], [2, 3, 1], [0, 0, 4]])
+    precisions = [5 / 7, 3 / 4, 4 / 5]
+    recalls = [5 / 6, 3 / 6, 4 / 4]
+    f1s = [2 * 5 / (10 + 2 + 1), 2 * 3 / (6 + 1 + 3), 2 * 4 / (8 + 1 + 0)]
+    metrics = classification_metrics(counts)
+    metrics_close(
+        metrics,
+        accuracy=12 / 16,
+        precision=sum(precisions) / 3,
+        recall=sum(recalls) / 3,
+        f1=sum(f1s) / 3,
+    )
+    assert metrics["num_examples"] == 16
+
+
+def test_a_class_never_predicted_has_precision_zero_without_nan():
+    counts = torch.tensor([[3, 0, 1], [2, 0, 2], [0, 0, 4]])  # nothing predicted as class 1
+    precisions = [3 / 5, 0.0, 4 / 7]
+    recalls = [3 / 4, 0.0, 4 / 4]
+    f1s = [2 * 3 / (6 + 2 + 1), 0.0, 2 * 4 / (8 + 3 + 0)]
+    metrics_close(
+        classification_metrics(counts),
+        accuracy=7 / 12,
+        precision=sum(precisions) / 3,
+        recall=sum(recalls) / 3,
+        f1=sum(f1s) / 3,
+    )
+
+
+def test_binary_model_that_never_predicts_spam_has_zero_precision_recall_and_f1():
+    metrics = classification_metrics(torch.tensor([[7, 0], [3, 0]]))
+    metrics_close(metrics, accuracy=0.7, precision=0.0, recall=0.0, f1=0.0)
+
+
+# --- confusion_matrix ---------------------------------------------------------------------
+
+
+def test_confusion_matrix_matches_a_manual_count():
+    inputs = torch.tensor([[i, i + 1, PAD] for i in range(20)])
+    targets = torch.tensor([(i * i + i // 4) % 3 for i in range(20)])
+    loader = DataLoader(TensorDataset(inputs, targets), batch_size=6)  # 4 batches, last partial
+    expected = [[0] * 3 for _ in range(3)]
+    for row, target in zip(inputs.tolist(), targets.tolist(), strict=True):
+        expected[target][row[0] % 3] += 1
+    counts = confusion_matrix(FirstTokenClassifier(3), loader, CPU, num_classes=3)
+    assert counts.tolist() == expected
+    assert counts.tolist() == [[4, 1, 2], [2, 2, 2], [1, 4, 2]]  # rows true, columns predicted
+    assert counts.sum().item() == 20
+    assert counts.dtype == torch.long
+
+
+# --- classify_texts -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text", ["", "   ", "\n\t "])
+def test_empty_or_whitespace_text_raises_data_error(text, nano, tokenizer):
+    with pytest.raises(DataError, match="empty"):
+        classify_texts(["Hello", text], nano, tokenizer, CPU)
+
+
+def test_a_message_longer_than_the_context_is_cut_with_a_warning(tokenizer):
+    text = "Call now to claim your prize " * 40
+    assert len(tokenizer.encode(text)) > NANO_CONTEXT
+    stub = FirstTokenClassifier(2)
+    with pytest.warns(UserWarning, match=f"cut to the first {NANO_CONTEXT}"):
+        prediction = classify_text(text, stub, tokenizer, CPU)
+    assert stub.input_shapes == [(1, NANO_CONTEXT)]
+    assert isinstance(prediction, Prediction)
+
+
+def test_a_message_longer_than_max_length_is_cut_to_max_length(tokenizer):
+    stub = FirstTokenClassifier(2)
+    with pytest.warns(UserWarning, match="cut to the first 5"):
+        classify_text("one two three four five six seven", stub, tokenizer, CPU, max_length=5)
+    assert stub.input_shapes == [(1, 5)]
+
+
+def test_non_ascii_and_emoji_are_classified(nano, tokenizer):
+    texts = [
+        "Café à 8h? 🎉☕",
+        "你好，你中奖了！立即回复",
+        "Ünïcödé 💸💸 FREE €1000 👉 http://x.yz",
+    ]
+    predictions = classify_texts(texts, nano, tokenizer, CPU, pooling="flexible")
+    assert len(predictions) == 3
+    for prediction in predictions:
+        assert prediction.label in ("ham", "spam")
+        assert 0.5 <= prediction.probability <= 1.0  # the larger of two probabilities
+
+
+def test_flexible_batch_gives_the_same_results_as_one_at_a_time(nano, tokenizer):
+    texts = [
+        "ok",
+        "URGENT! You have won a 1 week FREE membership in our £100,000 prize Jackpot! " * 3,
+        "Are we still on for lunch tomorrow?",
+        "Txt STOP",
+    ]
+    options = {"pooling": "flexible", "classes": ("ham", "spam")}
+    batched = classify_texts(texts, nano, tokenizer, CPU, **options)
+    single = [classify_text(text, nano, tokenizer, CPU, **options) for text in texts]
+    assert [p.label for p in batched] == [p.label for p in single]
+    for together, alone in zip(batched, single, strict=True):
+        assert together.probability == pytest.approx(alone.probability, abs=1e-5)
+    small_batches = classify_texts(texts, nano, tokenizer, CPU, batch_size=3, **options)
+    assert [p.label for p in small_batches] == [p.label for p in batched]
+
+
+def test_probabilities_are_the_softmax_of_the_pooled_logits(nano, tokenizer):
+    text = "Free entry in 2 a wkly comp to win FA Cup final tkts"
+    prediction = classify_text(text, nano, tokenizer, CPU, pooling="flexible", classes=("a", "b"))
+    with torch.no_grad():
+        logits = nano(torch.tensor([tokenizer.encode(text)]))[0, -1]
+    probabilities = torch.softmax(logits, dim=-1)
+    assert prediction.label == ("a", "b")[probabilities.argmax().item()]
+    assert prediction.probability == pytest.approx(probabilities.max().item(), abs=1e-6)
+
+
+def test_labels_come_from_classes_and_probabilities_lie_in_0_1(tokenizer):
+    classes = ("low", "mid", "high")
+    texts = ["alpha", "beta gamma", "delta", "epsilon zeta eta", "theta"]
+    stub = FirstTokenClassifier(3)
+    predictions = classify_texts(texts, stub, tokenizer, CPU, classes=classes)
+    expected = [classes[tokenizer.encode(text)[0] % 3] for text in texts]
+    assert [p.label for p in predictions] == expected
+    one_hot_probability = math.exp(3) / (math.exp(3) + 2)
+    for prediction in predictions:
+        assert prediction.label in classes
+        assert 0.0 <= prediction.probability <= 1.0
+        assert prediction.probability == pytest.approx(one_hot_probability, abs=1e-6)
+
+
+def test_last_pooling_pads_each_message_to_max_length(tokenizer):
+    stub = FirstTokenClassifier(2)
+    classify_texts(["hi", "see you soon"], stub, tokenizer, CPU, max_length=20, pooling="last")
+    assert stub.input_shapes == [(2, 20)]
+
+
+def test_max_length_beyond_the_context_is_capped_at_the_context(tokenizer):
+    stub = FirstTokenClassifier(2)
+    classify_texts(["hi"], stub, tokenizer, CPU, max_length=4 * NANO_CONTEXT, pooling="last")
+    assert stub.input_shapes == [(1, NANO_CONTEXT)]
+
+
+def test_last_pooling_pads_with_end_of_text_after_the_message(tokenizer):
+    seen = []
+
+    class Recorder(FirstTokenClassifier):
+        """The stub, also keeping the inputs it was given."""
+
+        def forward(self, input_batch):
+            seen.append(input_batch.clone())
+            return super().forward(input_batch)
+
+    classify_text("hi there", Recorder(2), tokenizer, CPU, max_length=6, pooling="last")
+    ids = tokenizer.encode("hi there")
+    assert seen[0].tolist() == [ids + [PAD] * (6 - len(ids))]
+
+
+def test_flexible_pooling_pads_only_to_the_longest_message_of_the_batch(tokenizer):
+    stub = FirstTokenClassifier(2)
+    texts = ["hi", "see you soon at the usual place"]
+    classify_texts(texts, stub, tokenizer, CPU, max_length=50, pooling="flexible")
+    assert stub.input_shapes == [(2, len(tokenizer.encode(texts[1])))]
+
+
+def test_flexible_pooling_with_a_custom_pad_token_gives_the_same_results_in_a_batch(
+    nano, tokenizer
+):
+    texts = ["ok", "Are we still on for lunch tomorrow at the usual place near the station"]
+    pad = 11  # "," — a padding id the messages do not contain
+    assert all(pad not in tokenizer.encode(text) for text in texts)
+    options = {"pooling": "flexible", "pad_token_id": pad}
+    batched = classify_texts(texts, nano, tokenizer, CPU, **options)
+    single = [classify_text(text, nano, tokenizer, CPU, **options) for text in texts]
+    for together, alone in zip(batched, single, strict=True):
+        assert together.probability == pytest.approx(alone.probability, abs=1e-5)

@@ -1,0 +1,336 @@
+"""Pooling, losses, accuracy and the training loop of sections 6.6 and 6.7."""
+
+import math
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from gptclassifier.data import load_data
+from gptclassifier.dataset import create_data_loaders, create_datasets
+from gptclassifier.errors import ConfigError
+from gptclassifier.finetune import add_classification_head, set_trainable
+from gptclassifier.model import GPTModel, model_config
+from gptclassifier.prepare import prepare_splits
+from gptclassifier.tokenizer import get_tokenizer
+from gptclassifier.train import (
+    History,
+    calc_accuracy_loader,
+    calc_loss_batch,
+    calc_loss_loader,
+    choose_device,
+    classifier_logits,
+    evaluating,
+    pool_logits,
+    train_classifier,
+)
+
+PAD = 50256
+CPU = torch.device("cpu")
+SMOKE = {"lr": 1e-3, "batch_size": 8, "num_epochs": 5, "eval_freq": 5, "eval_iter": 2}
+
+
+def nano_classifier(seed: int = 123) -> GPTModel:
+    """Return a seeded gpt2-nano with a 2-class head, in evaluation mode."""
+    torch.manual_seed(seed)
+    model = add_classification_head(GPTModel(model_config("gpt2-nano")), 2, seed)
+    return model.eval()
+
+
+class TokenParity(nn.Module):
+    """A stub classifier: at every position, class 1 when the token id is odd, else class 0."""
+
+    def forward(self, input_batch: torch.Tensor) -> torch.Tensor:
+        odd = (input_batch % 2).float()
+        return torch.stack([1 - odd, odd], dim=-1)
+
+
+# --- pooling ------------------------------------------------------------------------------
+
+
+def hand_built_batch():
+    """Return logits whose value encodes (row, position), and right-padded inputs."""
+    rows, positions = torch.meshgrid(torch.arange(3), torch.arange(5), indexing="ij")
+    logits = torch.stack([rows * 10.0 + positions, -(rows * 10.0 + positions)], dim=-1)
+    inputs = torch.tensor(
+        [
+            [11, 12, PAD, PAD, PAD],  # last real token at position 1
+            [21, 22, 23, 24, 25],  # no padding: position 4
+            [31, PAD, PAD, PAD, PAD],  # position 0
+        ]
+    )
+    return logits, inputs
+
+
+def test_last_pooling_picks_the_last_position():
+    logits, inputs = hand_built_batch()
+    assert pool_logits(logits, inputs, "last")[:, 0].tolist() == [4.0, 14.0, 24.0]
+
+
+def test_first_pooling_picks_the_first_position():
+    logits, inputs = hand_built_batch()
+    assert pool_logits(logits, inputs, "first")[:, 0].tolist() == [0.0, 10.0, 20.0]
+
+
+def test_flexible_pooling_picks_the_last_real_token_of_each_row():
+    logits, inputs = hand_built_batch()
+    pooled = pool_logits(logits, inputs, "flexible")
+    assert pooled.shape == (3, 2)
+    assert pooled[:, 0].tolist() == [1.0, 14.0, 20.0]
+    assert pooled[:, 1].tolist() == [-1.0, -14.0, -20.0]
+
+
+def test_unknown_pooling_raises_config_error_listing_the_choices():
+    logits, inputs = hand_built_batch()
+    with pytest.raises(ConfigError, match="mean") as raised:
+        pool_logits(logits, inputs, "mean")
+    for choice in ("last", "first", "flexible"):
+        assert choice in str(raised.value)
+
+
+def with_padding(ids: list[int], pads: int) -> torch.Tensor:
+    """Return one message followed by `pads` padding tokens, as a batch of one."""
+    return torch.tensor([ids + [PAD] * pads])
+
+
+def test_flexible_pooling_does_not_depend_on_the_padding():
+    model = nano_classifier()
+    ids = get_tokenizer().encode("WINNER!! Claim your free prize now, call 0800 123 456")
+    with torch.no_grad():
+        results = [
+            classifier_logits(model, with_padding(ids, pads), "flexible") for pads in (0, 5, 50)
+        ]
+    for other in results[1:]:
+        torch.testing.assert_close(other, results[0], atol=1e-5, rtol=0)
+
+
+def test_last_pooling_changes_with_the_padding():
+    model = nano_classifier()
+    ids = get_tokenizer().encode("WINNER!! Claim your free prize now, call 0800 123 456")
+    with torch.no_grad():
+        unpadded = classifier_logits(model, with_padding(ids, 0), "last")
+        padded = classifier_logits(model, with_padding(ids, 50), "last")
+        flexible = classifier_logits(model, with_padding(ids, 0), "flexible")
+    torch.testing.assert_close(unpadded, flexible)  # without padding the two agree
+    assert not torch.allclose(unpadded, padded, atol=1e-3)
+
+
+# --- losses and accuracy ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pooling", ["last", "first", "flexible"])
+def test_calc_loss_batch_is_cross_entropy_of_the_pooled_logits(pooling):
+    model = nano_classifier()
+    inputs = torch.tensor([[5, 6, 7, PAD, PAD], [8, 9, 10, 11, 12], [13, PAD, PAD, PAD, PAD]])
+    targets = torch.tensor([1, 0, 1])
+    with torch.no_grad():
+        logits = model(inputs)
+        position = {"last": [4, 4, 4], "first": [0, 0, 0], "flexible": [2, 4, 0]}[pooling]
+        manual = torch.stack([logits[row, pos] for row, pos in enumerate(position)])
+        expected = F.cross_entropy(manual, targets)
+        loss = calc_loss_batch(inputs, targets, model, CPU, pooling)
+    torch.testing.assert_close(loss, expected)
+
+
+def parity_loader(batch_size: int = 4) -> DataLoader:
+    """Return 10 messages of 3 tokens with labels that the TokenParity stub half gets right."""
+    inputs = torch.arange(30).view(10, 3)  # last tokens 2, 5, 8, ... alternate even and odd
+    targets = torch.tensor([0, 0, 1, 1, 0, 1, 1, 1, 0, 0])
+    return DataLoader(TensorDataset(inputs, targets), batch_size=batch_size)
+
+
+def manual_accuracy(loader, num_batches=None) -> float:
+    """Count by hand how many messages TokenParity classifies correctly with `last` pooling."""
+    correct = total = 0
+    for index, (inputs, targets) in enumerate(loader):
+        if num_batches is not None and index >= num_batches:
+            break
+        for row, target in zip(inputs.tolist(), targets.tolist(), strict=True):
+            correct += int(row[-1] % 2 == target)
+            total += 1
+    return correct / total
+
+
+def test_calc_accuracy_loader_equals_a_manual_count():
+    loader = parity_loader()
+    accuracy = calc_accuracy_loader(loader, TokenParity(), CPU)
+    assert accuracy == pytest.approx(manual_accuracy(loader))
+    assert accuracy == pytest.approx(6 / 10)
+
+
+@pytest.mark.parametrize("num_batches", [1, 2, 3, 10])
+def test_calc_accuracy_loader_respects_num_batches(num_batches):
+    loader = parity_loader()
+    accuracy = calc_accuracy_loader(loader, TokenParity(), CPU, num_batches=num_batches)
+    assert accuracy == pytest.approx(manual_accuracy(loader, num_batches))
+
+
+def test_calc_loss_loader_averages_the_batch_losses():
+    model, loader = nano_classifier(), parity_loader()
+    with torch.no_grad():
+        losses = [F.cross_entropy(model(x)[:, -1, :], y).item() for x, y in loader]
+    assert calc_loss_loader(loader, model, CPU) == pytest.approx(sum(losses) / 3)
+    assert calc_loss_loader(loader, model, CPU, num_batches=2) == pytest.approx(sum(losses[:2]) / 2)
+
+
+def test_calc_loss_loader_of_an_empty_loader_is_nan():
+    empty = DataLoader(TensorDataset(torch.zeros(0, 3, dtype=torch.long), torch.zeros(0)))
+    assert math.isnan(calc_loss_loader(empty, nano_classifier(), CPU))
+    assert math.isnan(calc_loss_loader(parity_loader(), nano_classifier(), CPU, num_batches=0))
+
+
+# --- evaluating ---------------------------------------------------------------------------
+
+
+def test_evaluating_disables_grad_inside_and_restores_train_mode():
+    model = nano_classifier().train()
+    with evaluating(model):
+        assert not model.training
+        assert not any(module.training for module in model.modules())
+        assert not torch.is_grad_enabled()
+        assert not model(torch.tensor([[1, 2, 3]])).requires_grad
+    assert model.training and all(module.training for module in model.modules())
+    assert torch.is_grad_enabled()
+
+
+def test_evaluating_keeps_eval_mode_and_restores_after_an_error():
+    model = nano_classifier().eval()
+    with evaluating(model):
+        pass
+    assert not model.training
+    model.train()
+    with pytest.raises(RuntimeError), evaluating(model):
+        raise RuntimeError("boom")
+    assert model.training
+    assert torch.is_grad_enabled()
+
+
+# --- the training loop --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def smoke_splits(tmp_path_factory):
+    """Return the practice data's splits, read through a private cache folder."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GPTCLASSIFIER_CACHE", str(tmp_path_factory.mktemp("cache")))
+        return prepare_splits(load_data(profile="smoke"))
+
+
+def smoke_run(splits, on_update=None, log=None):
+    """Fine-tune gpt2-nano on the practice data with the smoke profile's settings."""
+    config = model_config("gpt2-nano")
+    datasets = create_datasets(splits, get_tokenizer(), config["context_length"])
+    loaders = create_data_loaders(datasets, SMOKE["batch_size"], seed=123)
+    model = set_trainable(nano_classifier(seed=123), "last_block")
+    torch.manual_seed(123)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=SMOKE["lr"], weight_decay=0.1)
+    history = train_classifier(
+        model, loaders["train"], loaders["validation"], optimizer, CPU,
+        SMOKE["num_epochs"], SMOKE["eval_freq"], SMOKE["eval_iter"],
+        progress=False, on_update=on_update, log=log,
+    )  # fmt: skip
+    return history, loaders
+
+
+@pytest.fixture(scope="module")
+def smoke_training(smoke_splits):
+    """Run the smoke fine-tuning once, recording the callbacks' calls."""
+    updates, lines = [], []
+    history, loaders = smoke_run(
+        smoke_splits,
+        on_update=lambda h: updates.append((len(h.train_losses), len(h.train_accs))),
+        log=lines.append,
+    )
+    return history, loaders, updates, lines
+
+
+def test_practice_data_has_the_expected_training_size(smoke_splits):
+    assert len(smoke_splits["train"]) == 109
+    assert set(smoke_splits["train"]["Label"]) == {0, 1}
+
+
+def test_training_makes_the_loss_fall(smoke_training):
+    history = smoke_training[0]
+    assert all(math.isfinite(loss) for loss in history.train_losses + history.val_losses)
+    assert sum(history.train_losses[-3:]) / 3 < 0.85 * history.train_losses[0]
+
+
+def test_history_has_the_chapters_bookkeeping(smoke_training):
+    history, loaders, _, _ = smoke_training
+    batches = len(loaders["train"])
+    assert batches == 109 // 8
+    steps = SMOKE["num_epochs"] * batches
+    assert isinstance(history, History)
+    assert history.num_epochs == 5
+    assert history.eval_steps == list(range(0, steps, SMOKE["eval_freq"]))
+    assert len(history.train_losses) == len(history.val_losses) == len(history.eval_steps)
+    assert history.examples_seen == SMOKE["num_epochs"] * batches * SMOKE["batch_size"]
+    assert len(history.train_accs) == len(history.val_accs) == SMOKE["num_epochs"]
+    assert all(0.0 <= acc <= 1.0 for acc in history.train_accs + history.val_accs)
+    assert history.seconds > 0
+    assert history.as_dict()["eval_steps"] == history.eval_steps
+
+
+def test_on_update_is_called_after_every_measurement(smoke_training):
+    history, _, updates, _ = smoke_training
+    assert len(updates) == len(history.eval_steps) + history.num_epochs
+    assert updates[0] == (1, 0)  # the first loss measurement, at step 0
+    assert updates[-1] == (len(history.train_losses), history.num_epochs)
+
+
+def test_log_lines_follow_the_chapters_format(smoke_training):
+    history, _, _, lines = smoke_training
+    loss_line = re.compile(r"Ep (\d+) \(Step (\d{6})\): Train loss \d+\.\d{3}, Val loss \d+\.\d{3}")
+    accuracy_line = re.compile(
+        r"Training accuracy: \d+\.\d{2}% \| Validation accuracy: \d+\.\d{2}%"
+    )
+    loss_lines = [line for line in lines if loss_line.fullmatch(line)]
+    accuracy_lines = [line for line in lines if accuracy_line.fullmatch(line)]
+    assert len(loss_lines) + len(accuracy_lines) == len(lines)
+    assert len(loss_lines) == len(history.eval_steps)
+    assert len(accuracy_lines) == history.num_epochs
+    assert lines[0] == (
+        f"Ep 1 (Step 000000): Train loss {history.train_losses[0]:.3f}, "
+        f"Val loss {history.val_losses[0]:.3f}"
+    )
+    assert [int(loss_line.fullmatch(line)[2]) for line in loss_lines] == history.eval_steps
+    last_accuracy = accuracy_lines[-1]
+    assert f"Training accuracy: {history.train_accs[-1] * 100:.2f}%" in last_accuracy
+    assert f"Validation accuracy: {history.val_accs[-1] * 100:.2f}%" in last_accuracy
+    assert lines[-1] == last_accuracy
+
+
+def test_two_runs_with_the_same_seeds_give_identical_histories(smoke_splits, smoke_training):
+    again, _ = smoke_run(smoke_splits)
+    first = {**smoke_training[0].as_dict(), "seconds": None}
+    assert {**again.as_dict(), "seconds": None} == first
+
+
+# --- device -------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(
+    torch.cuda.is_available() or torch.backends.mps.is_available(),
+    reason="this machine has an accelerator",
+)
+def test_choose_device_returns_cpu_on_a_machine_without_accelerator():
+    assert choose_device() == torch.device("cpu")
+
+
+def test_choose_device_prefers_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert choose_device() == torch.device("cuda")
+
+
+@pytest.mark.parametrize(
+    ("version", "expected"),
+    [("2.8.0", "cpu"), ("2.9.0", "mps"), ("2.10.1+cpu", "mps"), ("3.0.0", "mps")],
+)
+def test_choose_device_uses_mps_only_from_torch_2_9(monkeypatch, version, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    monkeypatch.setattr(torch, "__version__", version)
+    assert choose_device() == torch.device(expected)
