@@ -58,15 +58,6 @@ def gpt_parameter_formula(vocab: int, context: int, dim: int, layers: int, qkv_b
     )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Run this module's tiny forward passes on one thread: faster than two on a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def gpt2_small() -> GPTModel:
     """Return one randomly initialised gpt2-small for the whole module (it takes ~2 s)."""

@@ -34,15 +34,6 @@ SEQUENCES = [
 TOLERANCE = 1e-4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Run this module's tiny forward passes on one thread: faster than two on a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def hf_checkpoint(tmp_path_factory):
     """Return a seeded random Hugging Face GPT-2 (eval mode) and the folder it was saved to."""
