@@ -5,6 +5,8 @@ import sys
 import warnings
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from gptclassifier import __version__
 from gptclassifier.data import PARSINGS, load_data
 from gptclassifier.errors import DataError, FallbackWarning, GptClassifierError
@@ -96,7 +98,7 @@ def run_train(args: argparse.Namespace) -> None:
     settings = train_settings(args.profile, **overrides)
     data = load_data(args.data, settings.parsing, args.profile, args.text_column, args.label_column)
     result = fine_tune(
-        data, settings, args.out, args.profile, args.force, not args.no_progress, log=print
+        data, settings, args.out, args.profile, args.force, not args.no_progress, log=tqdm.write
     )
     minutes = result.history.seconds / 60
     print(f"Training completed in {minutes:.2f} minutes.")

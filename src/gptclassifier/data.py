@@ -4,7 +4,6 @@ import hashlib
 import io
 import os
 import tempfile
-import warnings
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ from gptclassifier.download import (
     sha256_of,
     write_atomically,
 )
-from gptclassifier.errors import DataError, DownloadError, FallbackWarning
+from gptclassifier.errors import DataError, DownloadError, warn_fallback
 from gptclassifier.practice import practice_file
 from gptclassifier.profiles import get_profile, strict_mode
 
@@ -212,25 +211,17 @@ def load_data(
     except DownloadError as exc:
         if strict_mode():
             raise DownloadError(f"{exc}. {_HOW_TO_SUPPLY}") from None
-        warnings.warn(_fallback_banner(str(exc)), FallbackWarning, stacklevel=2)
+        warn_fallback(
+            "USING THE PRACTICE DATA SET, NOT THE SMS SPAM COLLECTION.", str(exc), _HOW_TO_SUPPLY
+        )
         return _sms_data(practice_file(), parsing, "practice", note=f"fallback: {exc}")
 
 
 _HOW_TO_SUPPLY = (
     f"Download {SMS_ARCHIVE_URLS[0]} on a machine with a network and set "
     f"{SMS_FILE_VARIABLE}=/path/to/sms+spam+collection.zip (or its SMSSpamCollection file), "
-    "or pass --data"
+    "or pass --data."
 )
-
-
-def _fallback_banner(reason: str) -> str:
-    """Return the loud warning shown when the real data is replaced by the practice set."""
-    rule = "!" * 78
-    return (
-        f"\n{rule}\nUSING THE PRACTICE DATA SET, NOT THE SMS SPAM COLLECTION.\n"
-        f"Why: {reason}\nTo use the real data: {_HOW_TO_SUPPLY}.\n"
-        f"Set GPTCLASSIFIER_STRICT=1 to make this an error instead.\n{rule}"
-    )
 
 
 def _sms_data(path: Path, parsing: str, source: str, note: str = "") -> LabeledData:

@@ -2,7 +2,6 @@
 
 import json
 import re
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -11,7 +10,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from gptclassifier.download import cache_dir, download_file, sha256_of
-from gptclassifier.errors import DataError, DownloadError, FallbackWarning
+from gptclassifier.errors import DataError, DownloadError, warn_fallback
 from gptclassifier.model import GPT_SIZES, GPTModel, model_config
 from gptclassifier.profiles import strict_mode
 
@@ -94,26 +93,22 @@ def load_base_model(name: str, seed: int = 123) -> BaseModel:
             provenance = {"source": "pretrained", "note": note, "path": str(path)}
             return BaseModel(model, config, provenance | asdict(checkpoint))
         except DownloadError as exc:
+            remedy = (
+                f"download {HUB_CHECKPOINTS[name].urls()[0]} and put it at "
+                f"{cache_dir() / 'gpt2' / name / 'model.safetensors'}."
+            )
             if strict_mode():
-                raise
-            warnings.warn(_fallback_banner(name, str(exc)), FallbackWarning, stacklevel=2)
+                raise DownloadError(f"{exc}. To fix: {remedy}") from None
+            warn_fallback(
+                f"RANDOM WEIGHTS: {name} IS NOT PRETRAINED, SO ACCURACY WILL BE POOR.",
+                str(exc),
+                remedy,
+            )
             note = f"fallback: {exc}"
     else:
         note = f"{name} has no pretrained weights"
     torch.manual_seed(seed)
     return BaseModel(GPTModel(config), config, {"source": "random", "seed": seed, "note": note})
-
-
-def _fallback_banner(name: str, reason: str) -> str:
-    """Return the loud warning shown when pretrained weights are replaced by random ones."""
-    rule = "!" * 78
-    return (
-        f"\n{rule}\nRANDOM WEIGHTS: {name} IS NOT PRETRAINED, SO ACCURACY WILL BE POOR.\n"
-        f"Why: {reason}\nTo use the real weights: download "
-        f"{HUB_CHECKPOINTS[name].urls()[0]} and put it at "
-        f"{cache_dir() / 'gpt2' / name / 'model.safetensors'}.\n"
-        f"Set GPTCLASSIFIER_STRICT=1 to make this an error instead.\n{rule}"
-    )
 
 
 def load_hf_checkpoint(path: Path) -> GPTModel:
