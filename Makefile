@@ -14,7 +14,11 @@ SETUP_STAMP := $(VENV)/.setup-complete
 # Where `make train` saves its run; a new folder each time, so no run is ever overwritten.
 RUN_DIR ?= runs/chapter-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: help setup lab prepare train test lint clean
+# The notebooks are checked, and re-saved, in the smoke profile: seconds, no network.
+NOTEBOOK_ENV := GPTCLASSIFIER_PROFILE=smoke
+NBVAL := --nbval --nbval-current-env --nbval-sanitize-with notebooks/nbval-sanitize.cfg
+
+.PHONY: help setup lab prepare train test notebooks lint clean
 
 help: ## List the targets
 	@echo "gptclassifier: fine-tune GPT-2 into a spam classifier"
@@ -37,8 +41,11 @@ prepare: setup ## Write the chapter's train/validation/test CSVs to data/prepare
 train: setup ## Fine-tune GPT-2 small on the SMS Spam Collection as the chapter does
 	$(BIN)/gptclassifier train --profile book --parsing book --out $(RUN_DIR)
 
-test: setup ## Run the tests (real-data tests run when GPTCLASSIFIER_TEST_SMS_FILE is set)
-	$(BIN)/python -m pytest
+test: setup ## Run the tests and check every notebook with nbval (real-data tests need GPTCLASSIFIER_TEST_SMS_FILE)
+	$(NOTEBOOK_ENV) $(BIN)/python -m pytest $(NBVAL) tests notebooks
+
+notebooks: setup ## Re-run every notebook top to bottom in the smoke profile and save its outputs
+	$(NOTEBOOK_ENV) $(BIN)/jupyter nbconvert --to notebook --execute --inplace notebooks/*.ipynb
 
 lint: setup ## Check style with ruff
 	$(BIN)/ruff check src tests

@@ -58,6 +58,11 @@ class LabeledData:
     provenance: Provenance
 
 
+def sms_cache_path() -> Path:
+    """Return where the downloaded SMS data file is cached."""
+    return cache_dir() / "sms-spam-collection" / SMS_MEMBER
+
+
 def download_sms_spam(
     dest: Path | None = None,
     urls: tuple[str, ...] = SMS_ARCHIVE_URLS,
@@ -66,7 +71,7 @@ def download_sms_spam(
     **download_options,
 ) -> Path:
     """Return the cached SMS data file, downloading the UCI archive and extracting it once."""
-    dest = Path(dest) if dest else cache_dir() / "sms-spam-collection" / SMS_MEMBER
+    dest = Path(dest) if dest else sms_cache_path()
     if dest.exists() and (file_sha256 is None or sha256_of(dest) == file_sha256):
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)

@@ -59,6 +59,11 @@ class BaseModel:
     provenance: dict
 
 
+def weights_path(name: str) -> Path:
+    """Return where the cached model.safetensors of a GPT-2 size lives."""
+    return cache_dir() / "gpt2" / name / "model.safetensors"
+
+
 def download_gpt2(name: str = "gpt2-small", **download_options) -> Path:
     """Return the cached model.safetensors of a GPT-2 size, downloading it once."""
     if name not in HUB_CHECKPOINTS:
@@ -66,7 +71,7 @@ def download_gpt2(name: str = "gpt2-small", **download_options) -> Path:
             f"no pretrained weights for {name!r}: choose one of {', '.join(HUB_CHECKPOINTS)}"
         )
     checkpoint = HUB_CHECKPOINTS[name]
-    dest = cache_dir() / "gpt2" / name / "model.safetensors"
+    dest = weights_path(name)
     if dest.exists() and (checkpoint.sha256 is None or sha256_of(dest) == checkpoint.sha256):
         return dest
     return download_file(checkpoint.urls(), dest, checkpoint.sha256, **download_options)
@@ -94,8 +99,7 @@ def load_base_model(name: str, seed: int = 123) -> BaseModel:
             return BaseModel(model, config, provenance | asdict(checkpoint))
         except DownloadError as exc:
             remedy = (
-                f"download {HUB_CHECKPOINTS[name].urls()[0]} and put it at "
-                f"{cache_dir() / 'gpt2' / name / 'model.safetensors'}."
+                f"download {HUB_CHECKPOINTS[name].urls()[0]} and put it at {weights_path(name)}."
             )
             if strict_mode():
                 raise DownloadError(f"{exc}. To fix: {remedy}") from None

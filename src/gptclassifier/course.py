@@ -1,0 +1,73 @@
+"""What a lesson runs on: the profile, and where its data and weights will come from."""
+
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+from gptclassifier.data import SMS_FILE_VARIABLE, load_data, sms_cache_path
+from gptclassifier.pipeline import fine_tune
+from gptclassifier.profiles import Profile, get_profile
+from gptclassifier.weights import HUB_CHECKPOINTS, weights_path
+
+PROFILE_PURPOSES = {
+    "book": "the chapter's data, model and settings",
+    "smoke": "the practice data and a tiny model, so that every cell runs in seconds",
+}
+
+
+def describe_sources(profile: str | None = None) -> str:
+    """Return three lines: the profile, and the sources of its data and of its weights."""
+    chosen = get_profile(profile)
+    return "\n".join(
+        [
+            f"profile: {chosen.name} ({PROFILE_PURPOSES[chosen.name]})",
+            f"data:    {_data_source(chosen)}",
+            f"weights: {_weights_source(chosen.training.model)}",
+        ]
+    )
+
+
+def _data_source(profile: Profile) -> str:
+    """Describe where the profile's messages will come from, without fetching anything."""
+    if profile.data == "practice":
+        return "the project's practice set of SMS-like messages (made here, no download)"
+    if os.environ.get(SMS_FILE_VARIABLE):
+        return f"your copy of the SMS Spam Collection (${SMS_FILE_VARIABLE})"
+    if sms_cache_path().is_file():
+        return "the SMS Spam Collection, downloaded earlier (in the cache)"
+    return "the SMS Spam Collection, downloaded from UCI on first use (practice set if offline)"
+
+
+def _weights_source(model: str) -> str:
+    """Describe where the model's weights will come from, without fetching anything."""
+    if model not in HUB_CHECKPOINTS:
+        return f"random initialisation ({model} has no pretrained weights)"
+    if weights_path(model).is_file():
+        return f"OpenAI's pretrained {model}, downloaded earlier (in the cache)"
+    return f"OpenAI's pretrained {model}, from Hugging Face on first use (random if offline)"
+
+
+def start_lesson(profile: str | None = None) -> Profile:
+    """Print what this lesson runs on and return the profile."""
+    print(describe_sources(profile))
+    return get_profile(profile)
+
+
+def fine_tuned_run(profile: str | None = None, run_dir: Path | str | None = None) -> Path:
+    """Return a run fine-tuned with the profile's settings, training it first if it is missing.
+
+    Lessons that use a trained classifier share this run, so that it is trained once.
+    """
+    chosen = get_profile(profile)
+    run_dir = Path(run_dir or f"runs/lessons-{chosen.name}")
+    config_file = run_dir / "config.json"
+    if config_file.is_file():
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        if config.get("profile") == chosen.name and config.get("training") == asdict(
+            chosen.training
+        ):
+            return run_dir
+    data = load_data(profile=chosen.name, parsing=chosen.training.parsing)
+    fine_tune(data, chosen.training, run_dir, chosen.name, force=True, progress=False)
+    return run_dir
