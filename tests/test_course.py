@@ -1,0 +1,51 @@
+"""What a lesson says it runs on, and the run that lessons share."""
+
+import json
+
+from gptclassifier.course import describe_sources, fine_tuned_run, start_lesson
+from gptclassifier.data import sms_cache_path
+from gptclassifier.weights import weights_path
+
+
+def test_smoke_profile_says_practice_data_and_random_weights():
+    assert describe_sources("smoke").splitlines() == [
+        "profile: smoke (the practice data and a tiny model, so that every cell runs in seconds)",
+        "data:    the project's practice set of SMS-like messages (made here, no download)",
+        "weights: random initialisation (gpt2-nano has no pretrained weights)",
+    ]
+
+
+def test_book_profile_says_what_it_will_fetch_and_what_it_has(tmp_path, monkeypatch):
+    before = describe_sources("book").splitlines()
+    assert before[1].endswith("downloaded from UCI on first use (practice set if offline)")
+    assert before[2].endswith("from Hugging Face on first use (random if offline)")
+
+    for path in (sms_cache_path(), weights_path("gpt2-small")):
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"")
+    after = describe_sources("book").splitlines()
+    assert after[1] == "data:    the SMS Spam Collection, downloaded earlier (in the cache)"
+    assert after[2] == "weights: OpenAI's pretrained gpt2-small, downloaded earlier (in the cache)"
+
+    monkeypatch.setenv("GPTCLASSIFIER_SMS_FILE", str(tmp_path / "mine.zip"))
+    assert "your copy" in describe_sources("book").splitlines()[1]
+
+
+def test_start_lesson_prints_and_returns_the_profile(monkeypatch, capsys):
+    monkeypatch.setenv("GPTCLASSIFIER_PROFILE", "smoke")
+    assert start_lesson().name == "smoke"
+    assert capsys.readouterr().out.startswith("profile: smoke")
+
+
+def test_fine_tuned_run_is_trained_once_and_then_reused(tmp_path):
+    run = fine_tuned_run("smoke", tmp_path / "run")
+    model_file = run / "model.safetensors"
+    first = model_file.stat().st_mtime_ns
+    assert fine_tuned_run("smoke", run) == run
+    assert model_file.stat().st_mtime_ns == first
+
+    config = json.loads((run / "config.json").read_text())
+    config["training"]["lr"] = 0.5  # a run made with other settings is not reused
+    (run / "config.json").write_text(json.dumps(config))
+    fine_tuned_run("smoke", run)
+    assert json.loads((run / "config.json").read_text())["training"]["lr"] != 0.5

@@ -1,0 +1,87 @@
+"""Notebook widgets, driven without a kernel: the classifier box and the live training view."""
+
+import pytest
+import torch
+
+from gptclassifier.evaluate import classify_text
+from gptclassifier.finetune import add_classification_head
+from gptclassifier.model import GPTModel, model_config
+from gptclassifier.runs import save_model
+from gptclassifier.tokenizer import get_tokenizer
+from gptclassifier.train import History
+from gptclassifier.widgets import PROMPT, ClassifierWidget, LiveTrainingView
+
+OPTIONS = {"max_length": 24, "pooling": "last", "classes": ("ham", "spam")}
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    """Return a tiny GPT with a two-class head, in evaluation mode."""
+    torch.manual_seed(0)
+    return add_classification_head(GPTModel(model_config("gpt2-nano")), 2).eval()
+
+
+def test_the_widget_classifies_what_is_typed(classifier):
+    widget = ClassifierWidget(classifier, get_tokenizer(), **OPTIONS)
+    assert widget.result.value == PROMPT and widget.bar.value == 0.0
+    widget.text.value = "WIN a free cruise, reply YES now"
+    expected = classify_text(widget.text.value, classifier, get_tokenizer(), "cpu", **OPTIONS)
+    assert widget.result.value == (
+        f"<b>{expected.label}</b> with probability {expected.probability:.1%}"
+    )
+    assert widget.bar.value == pytest.approx(expected.probability)
+    widget.text.value = "   "
+    assert widget.result.value == PROMPT and widget.bar.value == 0.0
+
+
+def test_a_fresh_widget_has_a_stable_text_representation(classifier):
+    first = repr(ClassifierWidget(classifier, get_tokenizer(), **OPTIONS))
+    assert first == repr(ClassifierWidget(classifier, get_tokenizer(), **OPTIONS))
+    assert "0x" not in first
+
+
+def test_the_widget_reads_a_run_directory(classifier, tmp_path):
+    config = {"model": model_config("gpt2-nano"), "classes": ["no", "yes"]}
+    save_model(tmp_path, classifier, config | {"max_length": 16, "pooling": "flexible"})
+    widget = ClassifierWidget.from_run(tmp_path)
+    assert widget.classify_options == {
+        "max_length": 16,
+        "pooling": "flexible",
+        "classes": ["no", "yes"],
+    }
+    widget.text.value = "hello"
+    assert widget.result.value.split("</b>")[0] in ("<b>no", "<b>yes")
+
+
+class FakeLoader:
+    """Stands in for a DataLoader: 6 batches of 8 messages."""
+
+    batch_size = 8
+
+    def __len__(self):
+        return 6
+
+
+def test_the_live_view_shows_progress_numbers_and_curves():
+    view = LiveTrainingView(FakeLoader(), num_epochs=2)
+    assert view.progress.max == 2 * 6 * 8
+    history = History(2, train_losses=[0.7], val_losses=[0.72], eval_steps=[0], examples_seen=8)
+    view.update(history)
+    assert view.progress.value == 8
+    assert view.status.value == "8 examples seen · loss 0.700 (validation 0.720)"
+    assert bytes(view.loss_plot.value).startswith(b"\x89PNG")
+    assert bytes(view.accuracy_plot.value) == b""  # no accuracy before the first epoch ends
+
+    history.train_losses.append(0.6)
+    history.val_losses.append(0.65)
+    history.eval_steps.append(5)
+    history.train_accs.append(0.625)
+    history.val_accs.append(0.5)
+    history.examples_seen = 48
+    view.update(history)
+    assert view.status.value.endswith("accuracy 62.5% (validation 50.0%)")
+    assert bytes(view.accuracy_plot.value).startswith(b"\x89PNG")
+
+
+def test_summary_of_an_empty_history():
+    assert LiveTrainingView.summary(History(1)) == "0 examples seen"
