@@ -41,7 +41,7 @@ prepare: setup ## Write the chapter's train/validation/test CSVs to data/prepare
 train: setup ## Fine-tune GPT-2 small on the SMS Spam Collection as the chapter does
 	$(BIN)/gptclassifier train --profile book --parsing book --out $(RUN_DIR)
 
-test: setup ## Run the tests and check every notebook with nbval (real-data tests need GPTCLASSIFIER_TEST_SMS_FILE)
+test: setup ## Run the tests, and strict nbval on every notebook
 	$(NOTEBOOK_ENV) $(BIN)/python -m pytest $(NBVAL) tests notebooks
 
 notebooks: setup ## Re-run every notebook top to bottom in the smoke profile and save its outputs
@@ -51,7 +51,7 @@ lint: setup ## Check style with ruff
 	$(BIN)/ruff check src tests
 	$(BIN)/ruff format --check src tests
 
-clean: ## Remove the virtual environment, caches and prepared data (not the download cache)
-	rm -rf $(VENV) data runs .pytest_cache .ruff_cache .hypothesis
+clean: ## Remove .venv, caches, prepared data and runs (not the download cache)
+	rm -rf $(VENV) data runs notebooks/runs .pytest_cache .ruff_cache .hypothesis
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 	find . -name '*.egg-info' -type d -prune -exec rm -rf {} +

@@ -63,6 +63,7 @@ class LiveTrainingView(widgets.VBox):
             description="examples",
         )  # fmt: skip
         self.status = widgets.HTML("<i>waiting for the first evaluation</i>")
+        self.drawn = (0, 0)  # how many loss and accuracy points the plots show
         self.loss_plot = widgets.Image(format="png", layout=widgets.Layout(width="48%"))
         self.accuracy_plot = widgets.Image(format="png", layout=widgets.Layout(width="48%"))
         super().__init__(
@@ -73,13 +74,14 @@ class LiveTrainingView(widgets.VBox):
         """Show the latest measurements of the training loop."""
         self.progress.value = history.examples_seen
         self.status.value = self.summary(history)
-        if history.train_losses:
+        drawn, self.drawn = self.drawn, (len(history.train_losses), len(history.train_accs))
+        if history.train_losses and drawn[0] != self.drawn[0]:
             epochs = [(step + 1) / self.steps_per_epoch for step in history.eval_steps]
             examples = [(step + 1) * self.batch_size for step in history.eval_steps]
             self.loss_plot.value = _png(
                 epochs, examples, history.train_losses, history.val_losses, "loss"
             )
-        if history.train_accs:
+        if history.train_accs and drawn[1] != self.drawn[1]:
             epochs = list(range(1, len(history.train_accs) + 1))
             examples = [epoch * self.steps_per_epoch * self.batch_size for epoch in epochs]
             self.accuracy_plot.value = _png(
