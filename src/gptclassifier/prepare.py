@@ -41,7 +41,7 @@ def count_labels(splits: dict[str, pd.DataFrame], classes: tuple[str, ...]) -> p
 def write_splits(
     splits: dict[str, pd.DataFrame], data: LabeledData, out_dir: Path, **settings
 ) -> list[Path]:
-    """Write `<split>.csv` (columns Label,Text) and dataset.json; all files appear, or none."""
+    """Write `<split>.csv` (columns Label,Text) and dataset.json, renamed into place together."""
     out_dir = Path(out_dir)
     metadata = {
         "classes": list(data.classes),
