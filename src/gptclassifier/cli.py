@@ -56,7 +56,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--model", choices=list(GPT_SIZES), help="model size")
     train.add_argument("--trainable", choices=TRAINABLE_STRATEGIES, help="what to fine-tune")
-    train.add_argument("--pooling", choices=POOLINGS, help="which token's logits classify")
+    train.add_argument(
+        "--pooling", choices=POOLINGS, help="which token's logits classify (default: flexible)"
+    )
+    train.add_argument(
+        "--chapter", action="store_true",
+        help="the chapter's loop: last-token pooling, every block every step, float32",
+    )  # fmt: skip
+    train.add_argument(
+        "--precision", choices=("auto", "float32", "bfloat16"),
+        help="of the fast loop (default: auto, bfloat16 where the hardware has it)",
+    )  # fmt: skip
+    train.add_argument("--bucket", action="store_true", help="batch messages of similar length")
+    train.add_argument("--compile", action="store_true", help="torch.compile the trained part")
     train.add_argument("--epochs", type=int, dest="num_epochs", help="passes over the data")
     train.add_argument("--batch-size", type=int, help="messages per training step")
     train.add_argument("--lr", type=float, help="AdamW learning rate")
@@ -95,13 +107,21 @@ def run_train(args: argparse.Namespace) -> None:
     ensure_run_dir_free(args.out, args.force)
     names = ("model", "trainable", "pooling", "parsing", "num_epochs", "batch_size", "lr", "seed")
     overrides = {name: getattr(args, name) for name in names}
+    if not args.chapter:
+        overrides |= {
+            "loop": "fast",
+            "pooling": args.pooling or "flexible",
+            "precision": args.precision or "auto",
+            "bucket": args.bucket,
+            "compile": args.compile,
+        }
     settings = train_settings(args.profile, **overrides)
     data = load_data(args.data, settings.parsing, args.profile, args.text_column, args.label_column)
     result = fine_tune(
         data, settings, args.out, args.profile, args.force, not args.no_progress, log=tqdm.write
     )
-    minutes = result.history.seconds / 60
-    print(f"Training completed in {minutes:.2f} minutes.")
+    seconds = result.history.seconds
+    print(f"Training completed in {seconds / 60:.2f} minutes ({seconds:.1f} s).")
     titles = {"train": "Training", "validation": "Validation", "test": "Test"}
     accuracies = " | ".join(
         f"{titles[name]} accuracy: {result.metrics[name]['accuracy']:.2%}" for name in SPLIT_NAMES

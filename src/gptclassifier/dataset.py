@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from gptclassifier.errors import DataError
 from gptclassifier.tokenizer import PAD_TOKEN_ID
@@ -73,21 +73,68 @@ def create_datasets(splits: dict, tokenizer, context_length: int) -> dict[str, S
     return datasets
 
 
+class LengthBucketSampler(Sampler):
+    """Shuffled batches of messages of similar length, so that batches need little padding.
+
+    Each epoch shuffles the messages, sorts them by length within chunks of `chunk_batches`
+    batches, cuts the chunks into batches and shuffles the batches.
+    """
+
+    def __init__(self, lengths, batch_size: int, generator, chunk_batches: int = 16):
+        self.lengths, self.batch_size, self.generator = lengths, batch_size, generator
+        self.chunk = batch_size * chunk_batches
+
+    def __iter__(self):
+        order = torch.randperm(len(self.lengths), generator=self.generator).tolist()
+        batches = []
+        for start in range(0, len(order), self.chunk):
+            part = sorted(order[start : start + self.chunk], key=self.lengths.__getitem__)
+            batches += [part[i : i + self.batch_size] for i in range(0, len(part), self.batch_size)]
+        full = [batch for batch in batches if len(batch) == self.batch_size]
+        for index in torch.randperm(len(full), generator=self.generator).tolist():
+            yield full[index]
+
+    def __len__(self) -> int:
+        return len(self.lengths) // self.batch_size
+
+
 def create_data_loaders(
-    datasets: dict[str, SpamDataset], batch_size: int = 8, seed: int = 123, num_workers: int = 0
+    datasets: dict[str, SpamDataset],
+    batch_size: int = 8,
+    seed: int = 123,
+    trim: bool = False,
+    bucket: bool = False,
 ) -> dict[str, DataLoader]:
-    """Return the chapter's loaders: shuffled full training batches, and every other message."""
+    """Return the chapter's loaders: shuffled full training batches, and every other message.
+
+    `trim` cuts each batch's padding to its longest message (right only with `flexible`
+    pooling); `bucket` also groups training messages of similar length into batches.
+    """
     generator = torch.Generator().manual_seed(seed)
-    loaders = {
-        "train": DataLoader(
-            datasets["train"],
-            batch_size=batch_size,
-            shuffle=True,
-            drop_last=True,
-            num_workers=num_workers,
-            generator=generator,
-        )
-    }
+    collate = trim_padding if trim else None
+    train = datasets["train"]
+    if bucket:
+        lengths = [sum(token != PAD_TOKEN_ID for token in ids) for ids in train.encoded_texts]
+        sampler = LengthBucketSampler(lengths, batch_size, generator)
+        loaders = {"train": DataLoader(train, batch_sampler=sampler, collate_fn=collate)}
+    else:
+        loaders = {
+            "train": DataLoader(
+                train,
+                batch_size,
+                shuffle=True,
+                drop_last=True,
+                generator=generator,
+                collate_fn=collate,
+            )  # fmt: skip
+        }
     for name in ("validation", "test"):
-        loaders[name] = DataLoader(datasets[name], batch_size=batch_size, num_workers=num_workers)
+        loaders[name] = DataLoader(datasets[name], batch_size=batch_size, collate_fn=collate)
     return loaders
+
+
+def trim_padding(batch, pad_token_id: int = PAD_TOKEN_ID):
+    """Collate a batch and cut the padding columns that no message in it needs."""
+    inputs, labels = default_collate(batch)
+    longest = int((inputs != pad_token_id).sum(dim=1).max().clamp(min=1))
+    return inputs[:, :longest], labels

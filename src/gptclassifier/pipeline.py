@@ -10,6 +10,7 @@ from gptclassifier import __version__
 from gptclassifier.data import LabeledData
 from gptclassifier.dataset import create_data_loaders, create_datasets
 from gptclassifier.evaluate import classification_metrics, confusion_matrix
+from gptclassifier.fast import choose_precision, speed_up
 from gptclassifier.finetune import add_classification_head, count_parameters, set_trainable
 from gptclassifier.plots import plot_confusion_matrix, plot_values, save_figure
 from gptclassifier.prepare import SPLIT_NAMES, prepare_splits, write_splits
@@ -46,33 +47,44 @@ def fine_tune(
     base = load_base_model(settings.model, settings.seed)
     model = base.model
     datasets = create_datasets(splits, get_tokenizer(), base.config["context_length"])
-    loaders = create_data_loaders(datasets, settings.batch_size, settings.seed)
+    fast = settings.loop == "fast"
+    trim = fast and settings.pooling == "flexible"
+    loaders = create_data_loaders(
+        datasets, settings.batch_size, settings.seed, trim=trim, bucket=fast and settings.bucket
+    )
 
     add_classification_head(model, len(labeled.classes), settings.seed)
     set_trainable(model, settings.trainable)
     total, trainable = count_parameters(model)
     device = choose_device()
+    precision = choose_precision(device, settings.precision) if fast else "float32"
     origin = labeled.provenance
     say(f"data: {origin.source} {origin.path} ({len(labeled.frame):,} messages)")
     say(f"weights: {base.provenance['source']} ({base.provenance['note']})")
     say(
         f"model: {settings.model}, {total:,} parameters, {trainable:,} trainable "
-        f"({settings.trainable}), {settings.pooling} pooling, on {device}"
+        f"({settings.trainable}), {settings.pooling} pooling, {settings.loop} loop, "
+        f"{precision} on {device}"
     )
     model.to(device)
+    runner = (
+        speed_up(model, settings.pooling, precision, settings.compile, datasets.values())
+        if fast
+        else model
+    )
     torch.manual_seed(settings.seed)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
     )
     history = train_classifier(
-        model, loaders["train"], loaders["validation"], optimizer, device,
+        runner, loaders["train"], loaders["validation"], optimizer, device,
         settings.num_epochs, settings.eval_freq, settings.eval_iter, settings.pooling, progress,
         log=log,
     )  # fmt: skip
 
     metrics = {
         name: classification_metrics(
-            confusion_matrix(model, loaders[name], device, len(labeled.classes), settings.pooling)
+            confusion_matrix(runner, loaders[name], device, len(labeled.classes), settings.pooling)
         )
         for name in SPLIT_NAMES
     }
@@ -85,6 +97,7 @@ def fine_tune(
         "training": asdict(settings),
         "parameters": {"total": total, "trainable": trainable},
         "device": str(device),
+        "precision": precision,
         "provenance": {"data": labeled.provenance.as_dict(), "weights": base.provenance},
         "gptclassifier_version": __version__,
     }

@@ -17,6 +17,10 @@ class TrainSettings:
     trainable: str = "last_block"
     pooling: str = "last"
     parsing: str = "exact"
+    loop: str = "chapter"  # "fast": frozen-prefix cache, trimmed padding, chosen precision
+    precision: str = "float32"  # of the fast loop: "float32", "bfloat16" or "auto"
+    bucket: bool = False  # fast loop: batch messages of similar length together
+    compile: bool = False  # fast loop: torch.compile the trainable part
     num_epochs: int = 5
     batch_size: int = 8
     lr: float = 5e-5
