@@ -18,7 +18,7 @@ RUN_DIR ?= runs/chapter-$(shell date +%Y%m%d-%H%M%S)
 NOTEBOOK_ENV := GPTCLASSIFIER_PROFILE=smoke
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with notebooks/nbval-sanitize.cfg
 
-.PHONY: help setup lab prepare train test notebooks lint clean
+.PHONY: help setup lab prepare train bench test notebooks lint clean
 
 help: ## List the targets
 	@echo "gptclassifier: fine-tune GPT-2 into a spam classifier"
@@ -40,6 +40,9 @@ prepare: setup ## Write the chapter's train/validation/test CSVs to data/prepare
 
 train: setup ## Fine-tune GPT-2 small on the SMS Spam Collection as the chapter does
 	$(BIN)/gptclassifier train --profile book --parsing book --out $(RUN_DIR)
+
+bench: setup ## Time the chapter's loop against the fast way (BENCH_ARGS=--quick: under a minute)
+	$(BIN)/python benchmarks/finetune_speed.py $(BENCH_ARGS)
 
 test: setup ## Run the tests, and strict nbval on every notebook
 	$(NOTEBOOK_ENV) $(BIN)/python -m pytest $(NBVAL) tests notebooks

@@ -104,8 +104,9 @@ def run(way: Way, base, splits, settings: TrainSettings, device) -> dict:
     """Fine-tune a fresh copy of the base model one way; return its measurements."""
     fast = way.loop == "fast"
     datasets = create_datasets(splits, get_tokenizer(), base.config["context_length"])
+    trim = fast and way.pooling == "flexible"
     loaders = create_data_loaders(
-        datasets, settings.batch_size, settings.seed, trim=fast and way.pooling == "flexible"
+        datasets, settings.batch_size, settings.seed, trim=trim, bucket=trim
     )
     model = set_trainable(
         add_classification_head(copy.deepcopy(base.model), 2, settings.seed), settings.trainable

@@ -67,7 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--precision", choices=("auto", "float32", "bfloat16"),
         help="of the fast loop (default: auto, bfloat16 where the hardware has it)",
     )  # fmt: skip
-    train.add_argument("--bucket", action="store_true", help="batch messages of similar length")
+    train.add_argument(
+        "--bucket", action=argparse.BooleanOptionalAction, default=True,
+        help="fast loop: batch messages of similar length together (default: yes)",
+    )  # fmt: skip
     train.add_argument("--compile", action="store_true", help="torch.compile the trained part")
     train.add_argument("--epochs", type=int, dest="num_epochs", help="passes over the data")
     train.add_argument("--batch-size", type=int, help="messages per training step")
