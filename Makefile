@@ -38,8 +38,8 @@ lab: setup ## Open JupyterLab on the notebooks
 prepare: setup ## Write the chapter's train/validation/test CSVs to data/prepared
 	$(BIN)/gptclassifier prepare --out data/prepared
 
-train: setup ## Fine-tune GPT-2 small on the SMS Spam Collection as the chapter does
-	$(BIN)/gptclassifier train --profile book --parsing book --out $(RUN_DIR)
+train: setup ## Fine-tune GPT-2 small on the SMS Spam Collection (TRAIN_ARGS=--chapter: its loop)
+	$(BIN)/gptclassifier train --profile book --parsing book --out $(RUN_DIR) $(TRAIN_ARGS)
 
 bench: setup ## Time the chapter's loop against the fast way (BENCH_ARGS=--quick: under a minute)
 	$(BIN)/python benchmarks/finetune_speed.py $(BENCH_ARGS)
@@ -51,8 +51,8 @@ notebooks: setup ## Re-run every notebook top to bottom in the smoke profile and
 	$(NOTEBOOK_ENV) $(BIN)/jupyter nbconvert --to notebook --execute --inplace notebooks/*.ipynb
 
 lint: setup ## Check style with ruff
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 
 clean: ## Remove .venv, caches, prepared data and runs (not the download cache)
 	rm -rf $(VENV) data runs notebooks/runs .pytest_cache .ruff_cache .hypothesis

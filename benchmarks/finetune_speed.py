@@ -160,7 +160,7 @@ def main() -> None:
 
     settings = TrainSettings()  # the chapter's
     if args.quick:
-        settings = TrainSettings(num_epochs=3, eval_freq=4, eval_iter=2)
+        settings = TrainSettings(num_epochs=2, eval_freq=3, eval_iter=2)
     device = choose_device()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FallbackWarning)  # reported in the header instead
@@ -173,7 +173,7 @@ def main() -> None:
         base = load_base_model("gpt2-small", settings.seed)
     splits = prepare_splits(labeled, seed=settings.seed)
     if args.quick:
-        splits = shrink(splits, train=64, other=32)
+        splits = shrink(splits, train=40, other=16)
 
     ways = [
         Way("chapter", "chapter", "last", "float32"),

@@ -175,3 +175,21 @@ def test_run_commands_report_mistakes_in_one_line(trained_run, tmp_path, capsys,
     assert main([arg.format(**paths) for arg in args]) == 2
     err = capsys.readouterr().err
     assert err.startswith("gptclassifier: error: ") and message in err and err.count("\n") == 1
+
+
+def test_train_is_fast_by_default_and_the_chapter_on_request(tmp_path, capsys):
+    base = ["train", "--profile", "smoke", "--no-progress", "--epochs", "1"]
+    assert main([*base, "--out", str(tmp_path / "fast")]) == 0
+    assert main([*base, "--out", str(tmp_path / "chapter"), "--chapter"]) == 0
+    fast, chapter = (
+        json.loads((tmp_path / name / "config.json").read_text()) for name in ("fast", "chapter")
+    )
+    assert (fast["training"]["loop"], fast["pooling"], fast["training"]["bucket"]) == (
+        "fast", "flexible", True,
+    )  # fmt: skip
+    assert fast["precision"] in ("float32", "bfloat16")
+    assert (chapter["training"]["loop"], chapter["pooling"], chapter["precision"]) == (
+        "chapter", "last", "float32",
+    )  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "flexible pooling, fast loop" in printed and "last pooling, chapter loop" in printed
