@@ -9,11 +9,13 @@ import platform
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from gptclassifier.errors import ConfigError
-from gptclassifier.model import GPTModel
+from gptclassifier.model import GPTModel, TransformerBlock
 from gptclassifier.tokenizer import PAD_TOKEN_ID
+from gptclassifier.train import check_pooling, pooled_positions
 
 
 def frozen_blocks(model: GPTModel) -> int:
@@ -28,26 +30,29 @@ def frozen_blocks(model: GPTModel) -> int:
 
 
 class FrozenPrefixCache(nn.Module):
-    """A GPTModel whose frozen embeddings and leading blocks run once per message.
+    """A GPTModel whose frozen part runs once per message and whose last block runs once per row.
 
-    The hidden states after the frozen blocks are kept per message (its tokens without the
-    trailing padding) and reused in every later epoch and evaluation; only the trainable
-    blocks, the final norm and the head run each time. With causal attention a position's
-    state depends only on the tokens up to it, so a cached state is exact for any amount of
-    padding. `exact_padding=False` keeps the real tokens' states only and feeds zeros at the
-    padding positions: valid when nothing reads those positions (`flexible` pooling).
+    The hidden states after the frozen embeddings and blocks are kept per message and reused
+    in every later epoch and evaluation. With causal attention a position's state depends only
+    on the tokens up to it, so a cached state is exact for any amount of padding; for
+    `flexible` pooling only the real tokens' states are kept, and zeros stand in for padding
+    that nothing reads. The last block then computes keys and values everywhere but its query,
+    feed-forward, norm and head only at the pooled position: the forward pass returns the
+    pooled logits, one row per message, equal to pooling the full model's output.
     """
 
-    def __init__(self, model: GPTModel, pad_token_id: int = PAD_TOKEN_ID, exact_padding=True):
+    def __init__(self, model: GPTModel, pooling="last", pad_token_id: int = PAD_TOKEN_ID):
         super().__init__()
         self.num_frozen = frozen_blocks(model)
         if self.num_frozen == 0:
             raise ConfigError("nothing to cache: the embeddings or the first block are trainable")
         if any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules()):
             raise ConfigError("the frozen-prefix cache needs a model without dropout")
+        check_pooling(pooling)
         self.model = model
+        self.pooling = pooling
         self.pad_token_id = pad_token_id
-        self.exact_padding = exact_padding
+        self.exact_padding = pooling != "flexible"
         self.cache: dict[bytes, torch.Tensor] = {}
 
     @property
@@ -57,9 +62,15 @@ class FrozenPrefixCache(nn.Module):
 
     def forward(self, in_idx: torch.Tensor) -> torch.Tensor:
         x = self._prefix_states(in_idx)
-        for block in self.model.trf_blocks[self.num_frozen :]:
+        positions = pooled_positions(in_idx, self.pooling, self.pad_token_id)
+        trainable = list(self.model.trf_blocks[self.num_frozen :])
+        for block in trainable[:-1]:
             x = block(x)
-        return self.model.out_head(self.model.final_norm(x))
+        if trainable:
+            pooled = block_at_positions(trainable[-1], x, positions)
+        else:  # only the final norm and the head are trained
+            pooled = x[torch.arange(len(x), device=x.device), positions]
+        return self.model.out_head(self.model.final_norm(pooled))
 
     def fill(self, rows: torch.Tensor, batch_size: int = 32) -> None:
         """Compute the states of many messages ahead, in batches of similar length."""
@@ -88,10 +99,11 @@ class FrozenPrefixCache(nn.Module):
         lengths = (in_idx != self.pad_token_id).sum(dim=1).tolist()
         keys = [row[:n].cpu().numpy().tobytes() for row, n in zip(in_idx, lengths, strict=True)]
         needed = [width if self.exact_padding else n for n in lengths]
-        missing = [
-            i for i, key in enumerate(keys)
+        # one row per distinct message that is not cached long enough; repeats are computed once
+        missing = list({
+            key: i for i, key in enumerate(keys)
             if key not in self.cache or len(self.cache[key]) < needed[i]
-        ]  # fmt: skip
+        }.values())  # fmt: skip
         if missing:
             states = self._run_prefix(in_idx[missing])
             for row, i in enumerate(missing):
@@ -107,6 +119,29 @@ class FrozenPrefixCache(nn.Module):
         for block in model.trf_blocks[: self.num_frozen]:
             x = block(x)
         return x
+
+
+def block_at_positions(
+    block: TransformerBlock, x: torch.Tensor, positions: torch.Tensor
+) -> torch.Tensor:
+    """Return a transformer block's output at one position per row, as (batch, emb_dim).
+
+    Equal to `block(x)[rows, positions]`: the other positions serve only as keys and values.
+    """
+    att = block.att
+    batch, width, _ = x.shape
+    rows = torch.arange(batch, device=x.device)
+
+    def heads(states: torch.Tensor) -> torch.Tensor:
+        return states.view(batch, -1, att.num_heads, att.head_dim).transpose(1, 2)
+
+    normed = block.norm1(x)
+    query = heads(att.W_query(normed[rows, positions]))
+    keys, values = heads(att.W_key(normed)), heads(att.W_value(normed))
+    visible = torch.arange(width, device=x.device) <= positions[:, None]  # the causal mask
+    context = F.scaled_dot_product_attention(query, keys, values, attn_mask=visible[:, None, None])
+    shortcut = x[rows, positions] + att.out_proj(context.reshape(batch, att.d_out))
+    return shortcut + block.ff(block.norm2(shortcut))
 
 
 class Autocast(nn.Module):
@@ -154,7 +189,7 @@ def speed_up(model: GPTModel, pooling: str, precision="float32", compile=False, 
     """
     fast: nn.Module = model
     with contextlib.suppress(ConfigError):  # nothing frozen, or dropout: no cache
-        fast = FrozenPrefixCache(model, exact_padding=pooling != "flexible")
+        fast = FrozenPrefixCache(model, pooling)
         device = next(model.parameters()).device
         with torch.autocast(device.type, torch.bfloat16, enabled=precision == "bfloat16"):
             for dataset in datasets:

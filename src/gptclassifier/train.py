@@ -16,32 +16,46 @@ from gptclassifier.tokenizer import PAD_TOKEN_ID
 POOLINGS = ("last", "first", "flexible")
 
 
-def pool_logits(
-    logits: torch.Tensor,
-    input_batch: torch.Tensor,
-    pooling: str = "last",
-    pad_token_id=PAD_TOKEN_ID,
-) -> torch.Tensor:
-    """Keep one position's logits per message: `last` (the chapter), `first`, or `flexible`.
+def check_pooling(pooling: str) -> None:
+    """Raise a ConfigError for an unknown pooling."""
+    if pooling not in POOLINGS:
+        raise ConfigError(f"unknown pooling {pooling!r}: choose one of {', '.join(POOLINGS)}")
 
-    `flexible` takes the last real token of each right-padded message, the only position that
-    has seen the whole message and nothing else, so its logits do not depend on the padding.
+
+def pooled_positions(
+    input_batch: torch.Tensor, pooling: str = "last", pad_token_id=PAD_TOKEN_ID
+) -> torch.Tensor:
+    """Return, per message, the position whose logits classify it.
+
+    `last` is the chapter's choice, `first` the first token, and `flexible` the last real token
+    of each right-padded message: the only position that has seen the whole message and
+    nothing else, so its logits do not depend on the padding.
     """
+    check_pooling(pooling)
+    batch, width = input_batch.shape
     if pooling == "last":
-        return logits[:, -1, :]
+        return torch.full((batch,), width - 1, device=input_batch.device)
     if pooling == "first":
-        return logits[:, 0, :]
-    if pooling == "flexible":
-        last_real = (input_batch != pad_token_id).sum(dim=1).clamp(min=1) - 1
-        return logits[torch.arange(len(logits), device=logits.device), last_real]
-    raise ConfigError(f"unknown pooling {pooling!r}: choose one of {', '.join(POOLINGS)}")
+        return torch.zeros(batch, dtype=torch.long, device=input_batch.device)
+    return (input_batch != pad_token_id).sum(dim=1).clamp(min=1) - 1  # flexible
+
+
+def pool_logits(
+    logits: torch.Tensor, input_batch: torch.Tensor, pooling="last", pad_token_id=PAD_TOKEN_ID
+) -> torch.Tensor:
+    """Keep one position's logits per message (see pooled_positions)."""
+    positions = pooled_positions(input_batch, pooling, pad_token_id)
+    return logits[torch.arange(len(logits), device=logits.device), positions]
 
 
 def classifier_logits(
     model: nn.Module, input_batch: torch.Tensor, pooling="last", pad_token_id=PAD_TOKEN_ID
 ) -> torch.Tensor:
     """Run the model and return one row of class logits per message."""
-    return pool_logits(model(input_batch), input_batch, pooling, pad_token_id)
+    logits = model(input_batch)
+    if logits.dim() == 2:  # a model that computes only the pooled positions (fast.py)
+        return logits
+    return pool_logits(logits, input_batch, pooling, pad_token_id)
 
 
 def calc_loss_batch(input_batch, target_batch, model, device, pooling="last") -> torch.Tensor:
