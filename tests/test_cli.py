@@ -2,6 +2,8 @@
 
 import io
 import json
+import re
+import signal
 import subprocess
 import sys
 import sysconfig
@@ -68,6 +70,7 @@ def test_book_profile_offline_warns_in_one_readable_block(tmp_path, capsys):
     ("args", "message"),
     [
         (["prepare", "--data", "missing.tsv"], "missing.tsv: no such file"),
+        (["prepare", "--data", "."], ". is a folder: give the data file or its zip archive"),
         (["prepare", "--profile", "book"], "could not download sms+spam+collection.zip"),
     ],
 )
@@ -79,6 +82,51 @@ def test_user_mistakes_print_one_line_and_exit_2(tmp_path, monkeypatch, capsys, 
     assert err.startswith("gptclassifier: error: ") and message in err
     assert err.count("\n") == 1
     assert not (tmp_path / "out").exists()
+
+
+BAD_DATA_FILES = [
+    ("sms.txt", SMS + "spam but no tab\n", r"sms.txt: line 51 has no tab: 'spam but no tab'"),
+    ("sms.txt", SMS + "\nham\tafter a blank line\n", r"sms.txt: line 51 is blank"),
+    ("sms.txt", SMS + "junk\tunknown label\n", r"sms.txt: line 51 has label 'junk'"),
+    (
+        "sms.txt",
+        SMS.encode() + b"ham\tcaf\xe9\n",
+        r"sms.txt: line 51 is not valid UTF-8 \(byte 0xe9\)",
+    ),
+    (
+        "sms.txt",
+        "ham\tonly ham\n" * 20,
+        r"sms.txt: balancing needs at least two classes, found 1: 'ham'",
+    ),
+    ("sms.txt", "ham\thi\nspam\twin\n", r"sms.txt: 2 rows are too few to split"),
+    (
+        "t.csv",
+        "Label,Message\nham,hi\n",
+        r"t.csv: no column named 'Text' \(columns: Label, Message\)",
+    ),
+    ("t.csv", "Text\nhi\n", r"t.csv: no column named 'Label'"),
+    ("t.csv", "Label,Text\nham,hi\n,no label\n", r"t.csv: data row 2 has no label"),
+    (
+        "t.csv",
+        b"Label,Text\nham,hi\nspam,\xff\n",
+        r"t.csv: line 3 is not valid UTF-8 \(byte 0xff\)",
+    ),
+]
+
+
+@pytest.mark.parametrize("command", ["prepare", "train"])
+@pytest.mark.parametrize(("name", "content", "message"), BAD_DATA_FILES)
+def test_bad_data_files_exit_2_naming_file_and_line_and_write_nothing(
+    tmp_path, capsys, command, name, content, message
+):
+    data = tmp_path / name
+    data.write_bytes(content if isinstance(content, bytes) else content.encode())
+    args = [command, "--profile", "smoke", "--data", str(data), "--out", str(tmp_path / "out")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gptclassifier: error: ") and err.count("\n") == 1
+    assert re.search(message, err), err
+    assert {path.name for path in tmp_path.iterdir()} <= {name, "cache"}  # no output, no parts
 
 
 def test_debug_shows_the_traceback(tmp_path):
@@ -193,3 +241,77 @@ def test_train_is_fast_by_default_and_the_chapter_on_request(tmp_path, capsys):
     )  # fmt: skip
     printed = capsys.readouterr().out
     assert "flexible pooling, fast loop" in printed and "last pooling, chapter loop" in printed
+
+
+def earlier_run(folder: Path) -> dict[str, bytes]:
+    """Create a stand-in for an earlier run directory; return its files' contents."""
+    folder.mkdir()
+    contents = {"model.safetensors": b"earlier weights", "config.json": b"{}"}
+    for name, data in contents.items():
+        (folder / name).write_bytes(data)
+    return contents
+
+
+@pytest.mark.parametrize("stage", ["train_classifier", "_save_plots"])
+def test_ctrl_c_keeps_the_earlier_run_and_says_so(tmp_path, monkeypatch, capsys, stage):
+    out = tmp_path / "run"
+    kept = earlier_run(out)
+
+    def press_ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(f"gptclassifier.pipeline.{stage}", press_ctrl_c)
+    args = ["train", "--profile", "smoke", "--out", str(out), "--force", "--no-progress"]
+    assert main(args) == 130
+    err = capsys.readouterr().err
+    assert err == f"gptclassifier: interrupted; nothing was written; {out} is kept as it was\n"
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == kept
+    assert [path.name for path in tmp_path.iterdir() if path.name.startswith(".")] == []
+
+
+def test_sigint_during_training_stops_cleanly(tmp_path):
+    command = [sys.executable, "-m", "gptclassifier", "train", "--out", "run", "--epochs", "500"]
+    env = {
+        "GPTCLASSIFIER_PROFILE": "smoke", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path),
+        "PYTHONUNBUFFERED": "1",
+    }  # fmt: skip
+    with subprocess.Popen(
+        [*command, "--no-progress"], cwd=tmp_path, env=env, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    ) as process:  # fmt: skip
+        for line in process.stdout:
+            if line.startswith("Ep 1 "):  # training has started
+                break
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert (
+        err.splitlines()[-1]
+        == "gptclassifier: interrupted; nothing was written; run was not created"
+    )
+    assert "Traceback" not in err
+    assert sorted(path.name for path in tmp_path.iterdir() if "run" in path.name) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--epochs", "0"], "num_epochs must be a whole number of at least 1, not 0"),
+        (["--lr", "-1"], "lr must be above 0"),
+        (["--batch-size", "5000"], "the batch size of 5000 is more than the"),
+    ],
+)
+def test_impossible_training_settings_exit_2_before_training(tmp_path, capsys, args, message):
+    out = tmp_path / "run"
+    assert main(["train", "--profile", "smoke", "--out", str(out), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+    assert not out.exists()
+
+
+def test_a_folder_the_system_refuses_exits_1_in_one_line(tmp_path, capsys):
+    (tmp_path / "file").write_text("not a folder")
+    out = tmp_path / "file" / "prepared"
+    assert main(["prepare", "--profile", "smoke", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"gptclassifier: error: {out}") and err.count("\n") == 1

@@ -65,6 +65,23 @@ def test_exact_parsing_round_trips_any_messages(tmp_path_factory, messages):
     assert list(zip(frame["Label"], frame["Text"], strict=True)) == messages
 
 
+@given(
+    messages=st.lists(
+        st.tuples(st.sampled_from(["ham", "spam"]), MESSAGE_TEXT), min_size=1, max_size=20
+    ),
+    bom=st.booleans(),
+    crlf=st.booleans(),
+)
+def test_a_byte_order_mark_and_crlf_never_change_the_messages(
+    tmp_path_factory, messages, bom, crlf
+):
+    lines = "".join(f"{label}\t{text}{chr(13) * crlf}\n" for label, text in messages)
+    path = tmp_path_factory.mktemp("sms") / "SMSSpamCollection"
+    path.write_bytes(b"\xef\xbb\xbf" * bom + lines.encode())
+    frame = read_sms_spam(path)
+    assert list(zip(frame["Label"], frame["Text"], strict=True)) == messages
+
+
 def test_exact_parsing_keeps_unicode_line_separators_inside_messages(tmp_path):
     text = "one\u2028two\x85three\x0bfour"
     assert read_sms_spam(write(tmp_path, f"ham\t{text}\n"))["Text"].tolist() == [text]

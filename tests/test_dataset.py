@@ -5,8 +5,15 @@ import warnings
 import pandas as pd
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from gptclassifier.dataset import SpamDataset, create_data_loaders, create_datasets
+from gptclassifier.dataset import (
+    SpamDataset,
+    create_data_loaders,
+    create_datasets,
+    trim_padding,
+)
 from gptclassifier.errors import DataError
 from gptclassifier.tokenizer import get_tokenizer
 
@@ -143,3 +150,38 @@ def test_dataset_reads_a_csv_path_with_an_empty_text(tokenizer, tmp_path):
     na_ids = tokenizer.encode("NA")
     assert dataset[2][0].tolist()[: len(na_ids)] == na_ids
     assert [dataset[i][1].item() for i in range(3)] == [0, 1, 0]
+
+
+# --- properties ---------------------------------------------------------------------------
+
+MESSAGES = st.lists(st.text(max_size=60), min_size=1, max_size=8)
+
+
+@settings(max_examples=40, deadline=None)
+@given(texts=MESSAGES, max_length=st.one_of(st.none(), st.integers(1, 30)))
+def test_every_row_is_the_message_cut_or_padded_to_one_length(tokenizer, texts, max_length):
+    dataset = SpamDataset(frame(texts), tokenizer, max_length)
+    encoded = [tokenizer.encode(text, disallowed_special=()) for text in texts]
+    width = dataset.max_length
+    assert width == (max(1, *map(len, encoded)) if max_length is None else max_length)
+    for ids, row in zip(encoded, rows(dataset), strict=True):
+        kept = ids[:width]
+        assert len(row) == width
+        assert row[: len(kept)] == kept and set(row[len(kept) :]) <= {PAD}
+
+
+TOKEN_LISTS = st.lists(st.lists(st.integers(0, PAD - 1), max_size=12), min_size=1, max_size=6)
+
+
+@given(messages=TOKEN_LISTS, extra=st.integers(0, 5))
+def test_trimmed_batches_keep_every_real_token_and_drop_only_padding(messages, extra):
+    width = max(1, *map(len, messages)) + extra  # a batch is at least one token wide
+    batch = [
+        (torch.tensor(ids + [PAD] * (width - len(ids))), torch.tensor(i % 2))
+        for i, ids in enumerate(messages)
+    ]
+    inputs, labels = trim_padding(batch)
+    assert inputs.shape == (len(messages), max(1, *map(len, messages)))
+    for ids, row in zip(messages, inputs.tolist(), strict=True):
+        assert row == ids + [PAD] * (inputs.shape[1] - len(ids))
+    assert labels.tolist() == [i % 2 for i in range(len(messages))]

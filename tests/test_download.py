@@ -3,6 +3,8 @@
 import hashlib
 import io
 import socket
+import subprocess
+import sys
 import zipfile
 
 import pytest
@@ -162,3 +164,27 @@ def test_oversized_zip_members_and_broken_archives_are_refused(tmp_path):
     archive.write_bytes(b"PK\x03\x04 not really a zip")
     with pytest.raises(DataError, match="not a readable zip"):
         read_zip_member(archive, "SMSSpamCollection")
+
+
+def test_two_processes_downloading_at_once_leave_one_good_copy(file_server, tmp_path):
+    file_server.serve("/data.bin", PAYLOAD, delay=0.5)  # both requests are in flight together
+    dest = tmp_path / "data.bin"
+    script = (
+        "import sys; from gptclassifier.download import download_file; "
+        "download_file([sys.argv[1]], sys.argv[2], sys.argv[3], progress=False)"
+    )
+    command = [
+        sys.executable,
+        "-c",
+        script,
+        file_server.url("/data.bin"),
+        str(dest),
+        PAYLOAD_SHA256,
+    ]
+    processes = [subprocess.Popen(command, stderr=subprocess.PIPE) for _ in range(2)]
+    for process in processes:
+        assert process.wait(timeout=60) == 0, process.stderr.read()
+        process.stderr.close()
+    assert file_server.requests["/data.bin"] == 2
+    assert dest.read_bytes() == PAYLOAD
+    assert leftovers(tmp_path) == []

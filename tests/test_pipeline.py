@@ -89,3 +89,21 @@ def test_classify_with_run_matches_the_loaded_model(smoke_run):
             probabilities = torch.softmax(model(torch.tensor([ids]))[0, -1], dim=-1)
         assert prediction.label == config["classes"][probabilities.argmax()]
         assert prediction.probability == pytest.approx(probabilities.max().item(), abs=1e-6)
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_the_fast_loop_repeats_exactly_with_the_same_seed_and_threads(tmp_path, precision):
+    settings = train_settings(
+        "smoke", loop="fast", pooling="flexible", bucket=True, precision=precision, num_epochs=2
+    )
+    data = load_data(profile="smoke", parsing=settings.parsing)
+    threads = torch.get_num_threads()
+    histories, weights = [], []
+    for attempt in range(2):
+        torch.set_num_threads(threads)
+        result = fine_tune(data, settings, tmp_path / str(attempt), "smoke", progress=False)
+        histories.append({**result.history.as_dict(), "seconds": None})
+        weights.append(load_run(result.run_dir)[0].state_dict())
+    assert histories[0] == histories[1]
+    for name, tensor in weights[0].items():
+        assert torch.equal(tensor, weights[1][name]), name

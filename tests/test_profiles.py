@@ -48,3 +48,19 @@ def test_an_unknown_profile_lists_the_choices():
 def test_strict_mode_reads_the_environment(monkeypatch, value, strict):
     monkeypatch.setenv("GPTCLASSIFIER_STRICT", value)
     assert strict_mode() is strict
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"num_epochs": 0}, "num_epochs must be a whole number of at least 1, not 0"),
+        ({"batch_size": -8}, "batch_size must be a whole number of at least 1, not -8"),
+        ({"eval_freq": 2.5}, "eval_freq must be a whole number of at least 1, not 2.5"),
+        ({"lr": 0.0}, "lr must be above 0"),
+        ({"lr": float("nan")}, "lr must be above 0"),
+        ({"weight_decay": -0.1}, "weight_decay at least 0"),
+    ],
+)
+def test_impossible_settings_are_refused(override, message):
+    with pytest.raises(ConfigError, match=message):
+        train_settings("smoke", **override)

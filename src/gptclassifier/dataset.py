@@ -46,8 +46,8 @@ class SpamDataset(Dataset):
         return len(self.data)
 
     def _longest_encoded_length(self) -> int:
-        """Return the number of tokens of the longest message."""
-        return max(len(ids) for ids in self.encoded_texts)
+        """Return the number of tokens of the longest message (at least 1: a row is never empty)."""
+        return max(1, *(len(ids) for ids in self.encoded_texts))
 
 
 def _as_frame(data) -> pd.DataFrame:

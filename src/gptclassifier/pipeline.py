@@ -9,6 +9,7 @@ import torch
 from gptclassifier import __version__
 from gptclassifier.data import LabeledData
 from gptclassifier.dataset import create_data_loaders, create_datasets
+from gptclassifier.errors import ConfigError
 from gptclassifier.evaluate import classification_metrics, confusion_matrix
 from gptclassifier.fast import choose_precision, speed_up
 from gptclassifier.finetune import add_classification_head, count_parameters, set_trainable
@@ -44,6 +45,11 @@ def fine_tune(
     say = log or (lambda line: None)
     ensure_run_dir_free(out_dir, force)  # before hours of training, not after
     splits = prepare_splits(labeled, seed=settings.seed)
+    if len(splits["train"]) < settings.batch_size:
+        raise ConfigError(
+            f"the batch size of {settings.batch_size} is more than the "
+            f"{len(splits['train'])} training messages: choose a smaller --batch-size"
+        )
     base = load_base_model(settings.model, settings.seed)
     model = base.model
     datasets = create_datasets(splits, get_tokenizer(), base.config["context_length"])

@@ -13,6 +13,7 @@ from gptclassifier.data import (
     random_split,
 )
 from gptclassifier.download import atomic_writer
+from gptclassifier.errors import DataError
 
 SPLIT_NAMES = ("train", "validation", "test")
 METADATA_FILE = "dataset.json"
@@ -22,10 +23,12 @@ def prepare_splits(
     data: LabeledData, train_frac: float = 0.7, validation_frac: float = 0.1, seed: int = 123
 ) -> dict[str, pd.DataFrame]:
     """Balance the classes, encode labels as indices and split, as section 6.2 of the chapter."""
-    balanced = encode_labels(create_balanced_dataset(data.frame, seed), data.classes)
-    return dict(
-        zip(SPLIT_NAMES, random_split(balanced, train_frac, validation_frac, seed), strict=True)
-    )
+    try:
+        balanced = encode_labels(create_balanced_dataset(data.frame, seed), data.classes)
+        parts = random_split(balanced, train_frac, validation_frac, seed)
+    except DataError as exc:
+        raise DataError(f"{data.provenance.path}: {exc}") from None
+    return dict(zip(SPLIT_NAMES, parts, strict=True))
 
 
 def count_labels(splits: dict[str, pd.DataFrame], classes: tuple[str, ...]) -> pd.DataFrame:

@@ -29,6 +29,17 @@ class TrainSettings:
     eval_iter: int = 5
     seed: int = 123
 
+    def __post_init__(self):
+        for name in ("num_epochs", "batch_size", "eval_freq", "eval_iter"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a whole number of at least 1, not {value!r}")
+        if not self.lr > 0 or not self.weight_decay >= 0:
+            raise ConfigError(
+                f"lr must be above 0 and weight_decay at least 0, not {self.lr} and "
+                f"{self.weight_decay}"
+            )
+
 
 @dataclass(frozen=True)
 class Profile:

