@@ -75,6 +75,7 @@ class Route:
     content_type: str = "application/octet-stream"
     delay: float = 0.0  # seconds before answering, to provoke timeouts
     declared_length: int | None = None  # a Content-Length other than the body's, to truncate
+    pieces: int = 1  # send the body in this many pieces, `delay` apart, to slow the transfer
 
 
 @dataclass
@@ -105,12 +106,17 @@ def file_server():
             route = server.routes.get(self.path, Route(b"not found", status=404))
             time.sleep(route.delay)
             length = route.declared_length if route.declared_length is not None else len(route.body)
+            size = max(1, -(-len(route.body) // route.pieces))
             try:
                 self.send_response(route.status)
                 self.send_header("Content-Type", route.content_type)
                 self.send_header("Content-Length", str(length))
                 self.end_headers()
-                self.wfile.write(route.body)
+                for start in range(0, len(route.body), size):
+                    if start:
+                        self.wfile.flush()
+                        time.sleep(route.delay)
+                    self.wfile.write(route.body[start : start + size])
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the client gave up waiting, as a timeout test intends
 

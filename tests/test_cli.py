@@ -243,6 +243,21 @@ def test_train_is_fast_by_default_and_the_chapter_on_request(tmp_path, capsys):
     assert "flexible pooling, fast loop" in printed and "last pooling, chapter loop" in printed
 
 
+def test_the_fast_loop_with_the_chapters_pooling_repeats_the_chapters_run(tmp_path):
+    base = ["train", "--profile", "smoke", "--no-progress", "--epochs", "2", "--pooling", "last"]
+    assert main([*base, "--out", str(tmp_path / "chapter"), "--chapter"]) == 0
+    assert main([*base, "--out", str(tmp_path / "fast"), "--precision", "float32"]) == 0
+    chapter, fast = (
+        json.loads((tmp_path / name / "history.json").read_text()) for name in ("chapter", "fast")
+    )
+    for name in ("train_losses", "val_losses", "train_accs", "val_accs"):
+        assert fast[name] == pytest.approx(chapter[name], abs=1e-5), name
+    metrics = [
+        json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("chapter", "fast")
+    ]
+    assert metrics[0]["test"]["confusion_matrix"] == metrics[1]["test"]["confusion_matrix"]
+
+
 def earlier_run(folder: Path) -> dict[str, bytes]:
     """Create a stand-in for an earlier run directory; return its files' contents."""
     folder.mkdir()

@@ -1,10 +1,12 @@
 """Downloads from a local HTTP server: success, 404, 5xx, timeout, wrong hash, the mirror."""
 
+import contextlib
 import hashlib
 import io
 import socket
 import subprocess
 import sys
+import time
 import zipfile
 
 import pytest
@@ -167,7 +169,7 @@ def test_oversized_zip_members_and_broken_archives_are_refused(tmp_path):
 
 
 def test_two_processes_downloading_at_once_leave_one_good_copy(file_server, tmp_path):
-    file_server.serve("/data.bin", PAYLOAD, delay=0.5)  # both requests are in flight together
+    file_server.serve("/data.bin", PAYLOAD, delay=0.1, pieces=5)  # both transfers overlap
     dest = tmp_path / "data.bin"
     script = (
         "import sys; from gptclassifier.download import download_file; "
@@ -182,9 +184,15 @@ def test_two_processes_downloading_at_once_leave_one_good_copy(file_server, tmp_
         PAYLOAD_SHA256,
     ]
     processes = [subprocess.Popen(command, stderr=subprocess.PIPE) for _ in range(2)]
+    seen = set()  # what a reader finds under the final name while both are downloading
+    while any(process.poll() is None for process in processes):
+        with contextlib.suppress(FileNotFoundError):
+            seen.add(dest.read_bytes())
+        time.sleep(0.005)
     for process in processes:
-        assert process.wait(timeout=60) == 0, process.stderr.read()
+        assert process.returncode == 0, process.stderr.read()
         process.stderr.close()
     assert file_server.requests["/data.bin"] == 2
+    assert seen <= {PAYLOAD}  # never a part
     assert dest.read_bytes() == PAYLOAD
     assert leftovers(tmp_path) == []

@@ -1,4 +1,4 @@
-"""The fast way to fine-tune: frozen blocks run once per message, padding only where needed, bf16.
+"""The fast way to fine-tune: frozen blocks once per message, one position through the last, bf16.
 
 Each speed-up wraps the model or the batches, so the training loop, the losses and the
 evaluation stay exactly the chapter's.

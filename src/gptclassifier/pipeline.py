@@ -56,7 +56,7 @@ def fine_tune(
     fast = settings.loop == "fast"
     trim = fast and settings.pooling == "flexible"
     loaders = create_data_loaders(
-        datasets, settings.batch_size, settings.seed, trim=trim, bucket=fast and settings.bucket
+        datasets, settings.batch_size, settings.seed, trim=trim, bucket=trim and settings.bucket
     )
 
     add_classification_head(model, len(labeled.classes), settings.seed)
