@@ -9,9 +9,15 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import hypothesis
 import pytest
 
 REAL_SMS_VARIABLE = "GPTCLASSIFIER_TEST_SMS_FILE"
+
+# Property tests write files and run small models: on a busy CI machine an example may take
+# longer than hypothesis's default 200 ms, which says nothing about correctness.
+hypothesis.settings.register_profile("project", deadline=None, print_blob=True)
+hypothesis.settings.load_profile("project")
 
 
 def _is_loopback(host) -> bool:

@@ -157,7 +157,7 @@ def test_dataset_reads_a_csv_path_with_an_empty_text(tokenizer, tmp_path):
 MESSAGES = st.lists(st.text(max_size=60), min_size=1, max_size=8)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40)
 @given(texts=MESSAGES, max_length=st.one_of(st.none(), st.integers(1, 30)))
 def test_every_row_is_the_message_cut_or_padded_to_one_length(tokenizer, texts, max_length):
     dataset = SpamDataset(frame(texts), tokenizer, max_length)

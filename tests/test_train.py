@@ -145,7 +145,7 @@ def test_flexible_pooling_reads_the_last_real_token_for_any_padding(lengths, ext
     )
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=25)
 @given(
     messages=st.lists(
         st.lists(st.integers(0, PAD - 1), min_size=1, max_size=20), min_size=1, max_size=4
