@@ -241,6 +241,7 @@ def test_train_is_fast_by_default_and_the_chapter_on_request(tmp_path, capsys):
     )  # fmt: skip
     printed = capsys.readouterr().out
     assert "flexible pooling, fast loop" in printed and "last pooling, chapter loop" in printed
+    assert printed.count("fast loop ready in") == 1  # the frozen blocks' one pass, timed
 
 
 def test_the_fast_loop_with_the_chapters_pooling_repeats_the_chapters_run(tmp_path):
