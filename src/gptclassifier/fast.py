@@ -30,7 +30,7 @@ def frozen_blocks(model: GPTModel) -> int:
 
 
 class FrozenPrefixCache(nn.Module):
-    """A GPTModel whose frozen part runs once per message and whose last block runs once per row.
+    """A GPTModel whose frozen part runs once per message and whose last block reads one position.
 
     The hidden states after the frozen embeddings and blocks are kept per message and reused
     in every later epoch and evaluation. With causal attention a position's state depends only
