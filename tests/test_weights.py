@@ -93,6 +93,12 @@ def checkpoint_tensors(folder: Path) -> dict[str, torch.Tensor]:
     return load_file(folder / "model.safetensors")
 
 
+def edited_checkpoint(folder: Path, dest: Path, drop=(), put=None) -> Path:
+    """Write a copy of a checkpoint without the `drop` tensors and with the `put` ones."""
+    tensors = {key: value for key, value in checkpoint_tensors(folder).items() if key not in drop}
+    return write_checkpoint(dest, tensors | (put or {}), config_from=folder)
+
+
 def write_checkpoint(folder: Path, tensors: dict, config_from: Path | None = None) -> Path:
     """Write tensors as folder/model.safetensors, with a copy of config.json if given."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -237,9 +243,7 @@ def test_file_that_is_not_safetensors_raises_data_error(tmp_path, content):
 )
 def test_checkpoint_missing_a_tensor_names_it(hf_checkpoint, tmp_path, missing):
     _, folder = hf_checkpoint
-    tensors = checkpoint_tensors(folder)
-    del tensors[f"transformer.{missing}"]
-    written = write_checkpoint(tmp_path / "missing", tensors, config_from=folder)
+    written = edited_checkpoint(folder, tmp_path / "missing", drop={f"transformer.{missing}"})
     with pytest.raises(DataError, match=rf"has no tensor {re.escape(missing)}$"):
         load_hf_checkpoint(written)
 
@@ -248,9 +252,8 @@ def test_checkpoint_missing_a_whole_block_raises_data_error(hf_checkpoint, tmp_p
     # config.json says n_layer=2: a file without any h.1.* tensor is truncated, and must not
     # load silently as a one-block model.
     _, folder = hf_checkpoint
-    tensors = checkpoint_tensors(folder)
-    tensors = {key: value for key, value in tensors.items() if ".h.1." not in key}
-    written = write_checkpoint(tmp_path / "no-block-1", tensors, config_from=folder)
+    block_1 = {key for key in checkpoint_tensors(folder) if ".h.1." in key}
+    written = edited_checkpoint(folder, tmp_path / "no-block-1", drop=block_1)
     assert json.loads((written / "config.json").read_text())["n_layer"] == LAYERS
     with pytest.raises(DataError, match=r"h\.1\.|layer"):
         load_hf_checkpoint(written)
@@ -258,27 +261,23 @@ def test_checkpoint_missing_a_whole_block_raises_data_error(hf_checkpoint, tmp_p
 
 def test_checkpoint_without_embeddings_raises_data_error(hf_checkpoint, tmp_path):
     _, folder = hf_checkpoint
-    tensors = checkpoint_tensors(folder)
-    del tensors["transformer.wpe.weight"]
-    written = write_checkpoint(tmp_path / "no-wpe", tensors, config_from=folder)
+    written = edited_checkpoint(folder, tmp_path / "no-wpe", drop={"transformer.wpe.weight"})
     with pytest.raises(DataError, match="no GPT-2 embeddings"):
         load_hf_checkpoint(written)
 
 
 def test_checkpoint_with_an_extra_unknown_tensor_raises_data_error(hf_checkpoint, tmp_path):
     _, folder = hf_checkpoint
-    tensors = checkpoint_tensors(folder)
-    tensors["transformer.h.0.attn.rotary.weight"] = torch.zeros(3)
-    written = write_checkpoint(tmp_path / "extra", tensors, config_from=folder)
+    extra = {"transformer.h.0.attn.rotary.weight": torch.zeros(3)}
+    written = edited_checkpoint(folder, tmp_path / "extra", put=extra)
     with pytest.raises(DataError, match=r"tensors that GPT-2 does not have: h\.0\.attn\.rotary"):
         load_hf_checkpoint(written)
 
 
 def test_checkpoint_with_a_wrongly_shaped_tensor_raises_data_error(hf_checkpoint, tmp_path):
     _, folder = hf_checkpoint
-    tensors = checkpoint_tensors(folder)
-    tensors["transformer.h.1.mlp.c_fc.weight"] = torch.zeros(WIDTH, 3 * WIDTH)
-    written = write_checkpoint(tmp_path / "bad-shape", tensors, config_from=folder)
+    wrong = {"transformer.h.1.mlp.c_fc.weight": torch.zeros(WIDTH, 3 * WIDTH)}
+    written = edited_checkpoint(folder, tmp_path / "bad-shape", put=wrong)
     with pytest.raises(DataError, match="do not fit GPT-2"):
         load_hf_checkpoint(written)
 
