@@ -10,8 +10,9 @@ weights for every way.
     python benchmarks/finetune_speed.py [--quick] [--data FILE] [--precision auto|bfloat16]
 
 Ways: the chapter's loop; the fast loop with the chapter's last-token pooling (the same
-results); the fast loop with flexible pooling and trimmed padding (the default of
-`gptclassifier train`), in float32 and, where the hardware has it, bfloat16. The last line is
+results, and the default of `gptclassifier train`); the fast loop with flexible pooling and
+trimmed padding (`gptclassifier train --fast`), in float32 and, where the hardware has it,
+bfloat16. The last line is
 `speedup: N.Nx`, the float32 fast way against the chapter's way.
 """
 
@@ -118,9 +119,7 @@ def run(way: Way, base, splits, settings: TrainSettings, device) -> dict:
     fast = way.loop == "fast"
     datasets = create_datasets(splits, get_tokenizer(), base.config["context_length"])
     trim = fast and way.pooling == "flexible"
-    loaders = create_data_loaders(
-        datasets, settings.batch_size, settings.seed, trim=trim, bucket=trim
-    )
+    loaders = create_data_loaders(datasets, settings.batch_size, trim=trim, bucket=trim)
     model = set_trainable(
         add_classification_head(copy.deepcopy(base.model), 2, settings.seed), settings.trainable
     ).to(device)

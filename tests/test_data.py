@@ -21,8 +21,10 @@ from gptclassifier.data import (
     read_sms_spam,
 )
 from gptclassifier.errors import DataError, DownloadError, FallbackWarning
+from gptclassifier.practice import practice_file
 
 SMALL_SMS = 'ham\tSee you at 7\nspam\tWIN a prize!\tReply now\nham\t"Lunch?" she asked\nham\tok\n'
+PLAIN_SMS = "ham\tSee you at 7\nspam\tWIN a prize! Reply now\nham\tok\n"  # same in both parsings
 
 
 def write(tmp_path, content, name="SMSSpamCollection"):
@@ -109,10 +111,11 @@ def test_exact_parsing_reads_the_data_member_of_a_zip(tmp_path):
         ("", "holds no messages"),
     ],
 )
-def test_bad_sms_files_name_the_file_and_line(tmp_path, content, message):
+@pytest.mark.parametrize("parsing", ["exact", "book"])
+def test_bad_sms_files_name_the_file_and_line(tmp_path, content, message, parsing):
     path = write(tmp_path, content)
     with pytest.raises(DataError, match=message) as caught:
-        read_sms_spam(path)
+        read_sms_spam(path, parsing=parsing)
     assert str(path) in str(caught.value)
 
 
@@ -164,8 +167,6 @@ def test_user_tables_without_the_named_columns_are_refused(tmp_path):
     path = write(tmp_path, "text,label\nhi,a\n", "mine.csv")
     with pytest.raises(DataError, match="no column named 'Text' \\(columns: text, label\\)"):
         read_labeled_table(path)
-    with pytest.raises(DataError, match="must end in .csv or .tsv"):
-        read_labeled_table(write(tmp_path, "x", "mine.xlsx"))
 
 
 def test_class_names_sort_integers_numerically():
@@ -275,7 +276,7 @@ def test_download_sms_spam_refuses_an_archive_whose_member_differs(file_server):
 
 def test_load_data_prefers_a_given_file_and_records_it(tmp_path):
     path = write(tmp_path, SMALL_SMS)
-    data = load_data(path)
+    data = load_data(path, parsing="exact")
     assert data.provenance.source == "local"
     assert data.provenance.sha256 == hashlib.sha256(SMALL_SMS.encode()).hexdigest()
     assert data.classes == ("ham", "spam")
@@ -283,7 +284,7 @@ def test_load_data_prefers_a_given_file_and_records_it(tmp_path):
 
 
 def test_load_data_reads_the_environment_variable_in_the_book_profile(tmp_path, monkeypatch):
-    monkeypatch.setenv("GPTCLASSIFIER_SMS_FILE", str(write(tmp_path, SMALL_SMS)))
+    monkeypatch.setenv("GPTCLASSIFIER_SMS_FILE", str(write(tmp_path, PLAIN_SMS)))
     assert load_data(profile="book").provenance.source == "local"
     assert load_data(profile="smoke").provenance.source == "practice"
 
@@ -292,6 +293,92 @@ def test_load_data_reads_user_tables(tmp_path):
     data = load_data(write(tmp_path, "Text,Label\nhi,a\nho,b\nhu,c\n", "three.csv"))
     assert data.classes == ("a", "b", "c")
     assert data.provenance.source == "local"
+
+
+SMS_NAMES = ["SMSSpamCollection.tsv", "messages.csv", "SMSSpamCollection", "sms.txt"]
+
+
+@pytest.mark.parametrize("name", SMS_NAMES)
+def test_load_data_reads_the_sms_format_whatever_the_files_name(tmp_path, name):
+    data = load_data(write(tmp_path, PLAIN_SMS, name))
+    assert data.classes == ("ham", "spam")
+    assert data.frame.to_dict("list") == read_sms_spam(write(tmp_path, PLAIN_SMS)).to_dict("list")
+
+
+@pytest.mark.parametrize("name", SMS_NAMES)
+def test_the_book_profile_reads_an_sms_file_of_any_name(tmp_path, monkeypatch, name):
+    monkeypatch.setenv("GPTCLASSIFIER_SMS_FILE", str(write(tmp_path, PLAIN_SMS, name)))
+    data = load_data(profile="book")
+    assert data.provenance.source == "local"
+    assert data.frame["Label"].tolist() == ["ham", "spam", "ham"]
+
+
+def test_load_data_reads_the_practice_set_saved_as_tsv(tmp_path):
+    path = write(tmp_path, practice_file().read_bytes(), "practice.tsv")
+    data = load_data(path)
+    assert data.classes == ("ham", "spam")
+    pd.testing.assert_frame_equal(data.frame, read_sms_spam(practice_file(), parsing="book"))
+
+
+def test_load_data_parses_like_the_book_by_default(tmp_path):
+    path = write(tmp_path, 'ham\t"opens a quote\nspam\tswallowed\nham\tcloses it"\nham\tok\n')
+    assert len(load_data(path).frame) == 2
+    assert len(load_data(path, parsing="exact").frame) == 4
+
+
+def test_a_byte_order_mark_and_crlf_keep_a_tsv_in_the_sms_format(tmp_path):
+    content = b"\xef\xbb\xbf" + PLAIN_SMS.replace("\n", "\r\n").encode()
+    data = load_data(write(tmp_path, content, "SMSSpamCollection.tsv"))
+    assert data.frame.to_dict("list") == read_sms_spam(write(tmp_path, PLAIN_SMS)).to_dict("list")
+
+
+def test_load_data_reads_a_table_by_its_header_whatever_its_name(tmp_path):
+    data = load_data(write(tmp_path, "Text,Label\nhi,a\nho,b\n", "mine.txt"))
+    assert data.frame.to_dict("list") == {"Label": ["a", "b"], "Text": ["hi", "ho"]}
+    tsv = load_data(write(tmp_path, "Label\tText\nspam\tWIN, now\nham\thi\n", "mine.csv"))
+    assert tsv.frame.to_dict("list") == {"Label": ["spam", "ham"], "Text": ["WIN, now", "hi"]}
+    custom = write(tmp_path, "id,message,mood\n1,great,good\n2,awful,bad\n", "reviews.csv")
+    data = load_data(custom, text_column="message", label_column="mood")
+    assert data.classes == ("bad", "good")
+    assert data.frame["Text"].tolist() == ["great", "awful"]
+
+
+def test_a_header_naming_one_column_is_a_table_missing_the_other(tmp_path):
+    path = write(tmp_path, "Label\tMessage\nham\thi\n", "SMSSpamCollection.tsv")
+    with pytest.raises(DataError, match="no column named 'Text' \\(columns: Label, Message\\)"):
+        load_data(path)
+
+
+@pytest.mark.parametrize("name", ["data.tsv", "data.csv", "data"])
+def test_a_file_in_neither_format_gets_one_line_saying_what_was_expected(tmp_path, name):
+    path = write(tmp_path, "hello world\nham\thi\n", name)
+    with pytest.raises(DataError) as caught:
+        load_data(path)
+    assert str(caught.value) == (
+        f"{path}: line 1 is neither an SMS Spam Collection line (ham or spam, a tab, the "
+        "message) nor a header row naming the 'Text' and 'Label' columns: 'hello world'"
+    )
+    with pytest.raises(DataError, match="naming the 'review' and 'mood' columns"):
+        load_data(path, text_column="review", label_column="mood")
+
+
+@pytest.mark.parametrize("content", ["", "\ufeff", "\n \r\n\n"])
+@pytest.mark.parametrize("name", ["SMSSpamCollection.tsv", "data.csv"])
+def test_an_empty_data_file_holds_no_messages(tmp_path, content, name):
+    path = write(tmp_path, content, name)
+    with pytest.raises(DataError, match="the file holds no messages") as caught:
+        load_data(path)
+    assert str(path) in str(caught.value)
+
+
+@pytest.mark.parametrize("parsing", ["exact", "book"])
+def test_bytes_not_utf8_keep_the_readers_line_and_byte(tmp_path, parsing):
+    sms = write(tmp_path, b"ham\tcaf\xe9\nspam\twin\n", "SMSSpamCollection.tsv")
+    with pytest.raises(DataError, match="line 1 is not valid UTF-8 \\(byte 0xe9\\)"):
+        load_data(sms, parsing=parsing)
+    table = write(tmp_path, b"\xff,Text,Label\n1,hi,a\n", "table.txt")
+    with pytest.raises(DataError, match="line 1 is not valid UTF-8 \\(byte 0xff\\)"):
+        load_data(table, parsing=parsing)
 
 
 def test_book_profile_offline_falls_back_to_practice_data_loudly():

@@ -106,16 +106,32 @@ def test_loader_batch_counts_follow_the_chapter(tokenizer):
 def shuffled_order(tokenizer, seed: int) -> list[int]:
     """Return the row order of the first training epoch, rows labelled with their index."""
     splits = {name: frame(["x"] * 40, list(range(40))) for name in ("train", "validation", "test")}
-    loaders = create_data_loaders(create_datasets(splits, tokenizer, 1024), 8, seed=seed)
+    loaders = create_data_loaders(create_datasets(splits, tokenizer, 1024), 8)
+    torch.manual_seed(seed)
     return torch.cat([targets for _, targets in loaders["train"]]).tolist()
 
 
-def test_training_shuffle_is_reproducible_for_a_seed_and_differs_across_seeds(tokenizer):
+def test_training_shuffle_follows_the_global_seed(tokenizer):
     first, again, other = (shuffled_order(tokenizer, seed) for seed in (123, 123, 321))
     assert sorted(first) == list(range(40))
     assert first != list(range(40))
     assert first == again
     assert first != other
+
+
+def test_every_pass_over_any_loader_draws_from_the_global_generator(tokenizer):
+    # The chapter's DataLoader has no generator of its own: an evaluation pass over the
+    # validation loader moves the global generator on, and so changes the next shuffle.
+    splits = {name: frame(["x"] * 40, list(range(40))) for name in ("train", "validation", "test")}
+    loaders = create_data_loaders(create_datasets(splits, tokenizer, 1024), 8)
+    orders = []
+    for evaluate_first in (False, True):
+        torch.manual_seed(123)
+        if evaluate_first:
+            next(iter(loaders["validation"]))
+        orders.append(torch.cat([targets for _, targets in loaders["train"]]).tolist())
+    assert orders[0] == shuffled_order(tokenizer, 123)
+    assert orders[1] != orders[0]
 
 
 def test_validation_and_test_loaders_keep_the_order(tokenizer):

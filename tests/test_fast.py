@@ -1,10 +1,12 @@
 """The fast way gives the chapter's results: cached frozen blocks, trimmed padding, precision."""
 
 import copy
+import re
 
 import pytest
 import torch
 
+from gptclassifier import fast
 from gptclassifier.data import load_data
 from gptclassifier.dataset import (
     LengthBucketSampler,
@@ -14,9 +16,14 @@ from gptclassifier.dataset import (
 )
 from gptclassifier.errors import ConfigError
 from gptclassifier.fast import (
+    GIB,
     Autocast,
     FrozenPrefixCache,
+    available_memory,
+    bf16_is_fast,
     block_at_positions,
+    cache_refusal,
+    cache_storage,
     choose_precision,
     frozen_blocks,
     speed_up,
@@ -46,9 +53,17 @@ def classifier(strategy="last_block", seed=0):
     return set_trainable(model, strategy)
 
 
+def exact_classifier(strategy="last_block"):
+    """Return the seeded classifier in float64, where two ways of computing agree to ~1e-15.
+
+    In float32 they agree only to ~1e-7, and the order of the sums differs between CPUs.
+    """
+    return classifier(strategy).double()
+
+
 def train(datasets, model, runner, pooling="last", trim=False):
     """Train `runner` (the model or a wrapper of it) with the smoke settings; return history."""
-    loaders = create_data_loaders(datasets, batch_size=8, seed=123, trim=trim)
+    loaders = create_data_loaders(datasets, batch_size=8, trim=trim)
     torch.manual_seed(123)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
     return train_classifier(
@@ -57,85 +72,106 @@ def train(datasets, model, runner, pooling="last", trim=False):
     )  # fmt: skip
 
 
+def assert_same_training(history, expected, model, plain):
+    """Assert two float64 trainings measured the same and ended with the same parameters."""
+    for name in ("train_losses", "val_losses", "train_accs", "val_accs"):
+        assert getattr(history, name) == pytest.approx(getattr(expected, name), rel=1e-9)
+    assert history.eval_steps == expected.eval_steps
+    # Some true gradients are zero (a key bias: softmax cancels it), and AdamW turns their
+    # rounding noise into steps of about lr * noise / eps: ~1e-11 per step in float64, where
+    # float32's noise makes them full-size steps.
+    theirs = dict(plain.named_parameters())
+    for name, ours in model.named_parameters():
+        torch.testing.assert_close(ours, theirs[name], rtol=0, atol=1e-8, msg=name)
+
+
 @pytest.mark.parametrize("strategy", ["last_layer", "last_block", "last_two_blocks"])
 @pytest.mark.parametrize("pooling", ["last", "first"])
 def test_cached_training_equals_the_chapters_loop(datasets, strategy, pooling):
-    plain = classifier(strategy)
+    plain = exact_classifier(strategy)
     expected = train(datasets, plain, plain, pooling)
-    model = classifier(strategy)
+    model = exact_classifier(strategy)
     history = train(datasets, model, FrozenPrefixCache(model, pooling), pooling)
-    for name in ("train_losses", "val_losses", "train_accs", "val_accs"):
-        assert getattr(history, name) == pytest.approx(getattr(expected, name), abs=1e-5)
-    assert history.eval_steps == expected.eval_steps
-    # Some true gradients are zero: softmax cancels a key bias (it shifts all of a query's
-    # scores alike), and the first token attends only to itself, so its query and key do not
-    # matter. AdamW turns each way's rounding noise there into full-size steps; skip them.
-    noise_only = ("W_query", "W_key") if pooling == "first" else ("W_key.bias",)
-    theirs = dict(plain.named_parameters())
-    for name, ours in model.named_parameters():
-        if not any(part in name for part in noise_only):
-            assert torch.allclose(ours, theirs[name], atol=1e-5), name
+    assert_same_training(history, expected, model, plain)
 
 
 def test_flexible_pooling_with_trimmed_padding_gives_the_same_training(datasets):
-    plain = classifier()
+    plain = exact_classifier()
     expected = train(datasets, plain, plain, pooling="flexible")
-    model = classifier()
-    fast = speed_up(model, "flexible", datasets=datasets.values())
+    model = exact_classifier()
+    fast = speed_up(model, "flexible", "float64", datasets=datasets.values())
+    assert isinstance(fast, FrozenPrefixCache)
     history = train(datasets, model, fast, pooling="flexible", trim=True)
-    assert history.train_losses == pytest.approx(expected.train_losses, abs=1e-5)
-    assert history.val_accs == pytest.approx(expected.val_accs, abs=1e-6)
+    assert_same_training(history, expected, model, plain)
+
+
+def assert_close(actual, expected):
+    """Assert float64 logits agree to rounding."""
+    torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-12)
 
 
 def test_trimmed_batches_predict_like_globally_padded_ones(datasets):
-    model = classifier().eval()
+    model = exact_classifier().eval()
     global_padding = create_data_loaders(datasets, batch_size=8)["test"]
     trimmed = create_data_loaders(datasets, batch_size=8, trim=True)["test"]
     with evaluating(model):
         for (full, labels), (short, same_labels) in zip(global_padding, trimmed, strict=True):
             assert short.shape[1] <= full.shape[1] and torch.equal(labels, same_labels)
-            assert torch.allclose(
-                classifier_logits(model, full, "flexible"),
+            assert_close(
                 classifier_logits(model, short, "flexible"),
-                atol=1e-5,
+                classifier_logits(model, full, "flexible"),
             )
 
 
 def test_the_cache_serves_any_padding_exactly(datasets):
-    model = classifier().eval()
+    model = exact_classifier().eval()
     short = [ids for ids in datasets["train"].encoded_texts if ids[19] == PAD_TOKEN_ID][:6]
     rows = torch.tensor(short)  # messages of under 20 tokens, padded to the training length
     cached = FrozenPrefixCache(model, "last")
     with torch.no_grad():
         first = cached(rows[:, :20])  # cached at width 20, then asked for the full width
-        assert torch.allclose(cached(rows), model(rows)[:, -1], atol=1e-5)
-        assert torch.allclose(cached(rows[:, :20]), first, atol=1e-5)
+        assert_close(cached(rows), model(rows)[:, -1])
+        assert_close(cached(rows[:, :20]), first)
     assert len(cached.cache) == 6
 
 
 @pytest.mark.parametrize("strategy", ["last_layer", "last_block", "last_two_blocks"])
 @pytest.mark.parametrize("pooling", ["last", "first", "flexible"])
 def test_the_cache_returns_the_pooled_logits_of_the_full_model(datasets, strategy, pooling):
-    model = classifier(strategy).eval()
+    model = exact_classifier(strategy).eval()
     rows = torch.tensor(datasets["test"].encoded_texts[:8])
     cached = FrozenPrefixCache(model, pooling)
     with torch.no_grad():
         pooled = cached(rows)
         assert pooled.shape == (8, 2)
-        assert torch.allclose(pooled, pool_logits(model(rows), rows, pooling), atol=1e-5)
+        assert_close(pooled, pool_logits(model(rows), rows, pooling))
         assert torch.equal(classifier_logits(cached, rows, pooling), pooled)
+
+
+def test_an_empty_message_gets_the_full_models_logits(datasets):
+    model = exact_classifier().eval()
+    rows = torch.tensor(datasets["test"].encoded_texts[:3])
+    rows[1] = PAD_TOKEN_ID  # nothing but padding: flexible pooling reads position 0
+    expected = pool_logits(model(rows), rows, "flexible").detach()
+    filled = FrozenPrefixCache(model, "flexible")
+    filled.fill(rows)
+    lazy = FrozenPrefixCache(model, "flexible")
+    with torch.no_grad():
+        assert_close(lazy(rows), expected)
+        assert_close(filled(rows), expected)
+        assert_close(lazy(rows[1:2, :1]), expected[1:2])  # a trimmed batch keeps one column
 
 
 def test_block_at_positions_equals_the_whole_block():
     torch.manual_seed(0)
-    block = TransformerBlock(model_config("gpt2-nano")).eval()
-    x = torch.randn(4, 9, block.att.d_out)
+    block = TransformerBlock(model_config("gpt2-nano")).double().eval()
+    x = torch.randn(4, 9, block.att.d_out, dtype=torch.float64)
     positions = torch.tensor([8, 0, 3, 5])
     with torch.no_grad():
         expected = block(x)[torch.arange(4), positions]
-        assert torch.allclose(block_at_positions(block, x, positions), expected, atol=1e-5)
+        assert_close(block_at_positions(block, x, positions), expected)
         x[1, 1:] = 1e3  # what comes after a pooled position never reaches it
-        assert torch.allclose(block_at_positions(block, x, positions)[1], expected[1], atol=1e-5)
+        assert_close(block_at_positions(block, x, positions)[1], expected[1])
 
 
 def test_flexible_pooling_keeps_only_the_real_tokens_states(datasets):
@@ -160,6 +196,26 @@ def test_fill_precomputes_every_message(datasets):
     assert calls == []  # everything came from the cache
 
 
+def test_a_batch_crosses_between_host_and_device_once(datasets, monkeypatch):
+    calls = {"cpu": 0, "to": 0}
+    for name in calls:
+        original = getattr(torch.Tensor, name)
+
+        def counted(tensor, *args, _name=name, _original=original, **kwargs):
+            calls[_name] += 1
+            return _original(tensor, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    cached = FrozenPrefixCache(classifier(), "flexible")
+    rows = torch.tensor(datasets["test"].encoded_texts[:8])
+    with torch.no_grad():
+        cached(rows)  # keys from one copy; the states stored in one go, then served in one
+        assert calls == {"cpu": 1, "to": 2}
+        calls.update(cpu=0, to=0)
+        cached(rows)  # all cached: keys from one copy, the batch served in one go
+        assert calls == {"cpu": 1, "to": 1}
+
+
 def test_frozen_blocks_counts_the_frozen_prefix():
     assert frozen_blocks(classifier("last_block")) == 2
     assert frozen_blocks(classifier("last_two_blocks")) == 1
@@ -168,14 +224,114 @@ def test_frozen_blocks_counts_the_frozen_prefix():
 
 
 def test_the_cache_refuses_what_it_cannot_serve():
-    with pytest.raises(ConfigError, match="nothing to cache"):
-        FrozenPrefixCache(classifier("all"))
+    assert cache_refusal(classifier()) is None
+    everything = classifier("all")
+    reason = cache_refusal(everything)
+    assert "no frozen part" in reason
+    with pytest.raises(ConfigError, match=re.escape(reason)):
+        FrozenPrefixCache(everything)
     dropout = add_classification_head(GPTModel(model_config("gpt2-nano", drop_rate=0.1)), 2)
-    with pytest.raises(ConfigError, match="without dropout"):
-        FrozenPrefixCache(set_trainable(dropout, "last_block"))
+    set_trainable(dropout, "last_block")
+    assert "dropout (rate 0.1)" in cache_refusal(dropout)
+    with pytest.raises(ConfigError, match="dropout"):
+        FrozenPrefixCache(dropout)
     with pytest.raises(ConfigError, match="unknown pooling"):
         FrozenPrefixCache(classifier(), "mean")
-    assert isinstance(speed_up(classifier("all"), "last"), GPTModel)  # nothing to wrap
+    assert isinstance(speed_up(everything, "last"), GPTModel)  # nothing to wrap
+    assert isinstance(speed_up(dropout, "last"), GPTModel)
+
+
+def edit_in_place(model):
+    """Change a frozen weight in place, as a hand edit would."""
+    with torch.no_grad():
+        model.trf_blocks[0].norm1.scale.mul_(2)
+
+
+STALE = {
+    "trainable": lambda model: set_trainable(model, "last_two_blocks"),
+    "loaded": lambda model: model.load_state_dict(copy.deepcopy(model.state_dict())),
+    "edited": edit_in_place,
+    "converted": lambda model: model.double(),
+}
+
+
+@pytest.mark.parametrize("change", STALE.values(), ids=STALE.keys())
+def test_the_cache_refuses_stale_states(datasets, change):
+    rows = torch.tensor(datasets["test"].encoded_texts[:4])
+    model = classifier()
+    cached = FrozenPrefixCache(model, "last")
+    cached.fill(rows)
+    with torch.no_grad():
+        model.out_head.weight.mul_(2)  # the trained part may change
+        cached(rows)
+    change(model)
+    with pytest.raises(ConfigError, match="build a new cache"):
+        cached(rows)
+    with pytest.raises(ConfigError, match="build a new cache"):
+        cached.fill(rows)
+
+
+def test_the_cache_stays_where_its_states_fit(monkeypatch):
+    free = {"cuda": 10 * GIB, "cpu": 100 * GIB}
+    monkeypatch.setattr(fast, "available_memory", lambda device: free[device.type])
+    cuda = torch.device("cuda")
+    assert cache_storage(2 * GIB, cuda) == cuda
+    assert cache_storage(20 * GIB, cuda) == torch.device("cpu")  # served a batch at a time
+    with pytest.raises(ConfigError, match=r"needs 200\.0 GiB .* has 100\.0 GiB .*--chapter"):
+        cache_storage(200 * GIB, cuda)
+    free.update(cuda=None, cpu=None)  # unknown: assume it fits
+    assert cache_storage(200 * GIB, cuda) == cuda
+
+
+@pytest.mark.parametrize("pooling", ["last", "flexible"])
+def test_the_cache_estimates_its_memory_before_filling(datasets, monkeypatch, pooling):
+    rows = torch.tensor(datasets["train"].encoded_texts)
+    rows[0] = PAD_TOKEN_ID  # an empty message keeps one position
+    lengths = (rows != PAD_TOKEN_ID).sum(dim=1).clamp(min=1)
+    positions = rows.numel() if pooling == "last" else int(lengths.sum())
+    need = positions * 48 * 8  # emb_dim of gpt2-nano, float64
+    monkeypatch.setattr(fast, "available_memory", lambda device: need / fast.MEMORY_SHARE)
+    cached = FrozenPrefixCache(exact_classifier(), pooling)
+    cached.fill(rows[:-1])
+    assert cached.storage == torch.device("cpu")
+    with pytest.raises(ConfigError, match="needs .* GiB of memory") as refusal:
+        cached.fill(rows[-1:], rows[:1])
+    message = str(refusal.value)
+    assert "\n" not in message and "--chapter" in message
+    assert ("--pooling flexible" in message) == (pooling == "last")  # the one that caches less
+    monkeypatch.setattr(fast, "available_memory", lambda device: 1000)
+    with pytest.raises(ConfigError, match="frozen-prefix cache needs"):
+        speed_up(classifier(), pooling, datasets=datasets.values())
+
+
+def test_available_memory_is_read_where_the_system_tells_it(monkeypatch):
+    cpu = torch.device("cpu")
+    assert available_memory(cpu) is None or available_memory(cpu) > 0
+
+    def no_meminfo(*args, **kwargs):
+        raise OSError("no /proc here")
+
+    monkeypatch.setattr(fast, "open", no_meminfo, raising=False)
+    monkeypatch.setattr(fast.os, "sysconf", lambda name: 4096, raising=False)
+    assert available_memory(cpu) == 4096 * 4096
+    monkeypatch.delattr(fast.os, "sysconf", raising=False)
+    assert available_memory(cpu) is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_states_kept_on_the_host_serve_a_cuda_model(datasets, monkeypatch):
+    monkeypatch.setattr(
+        fast, "available_memory", lambda device: 0 if device.type == "cuda" else None
+    )
+    model = exact_classifier().cuda().eval()
+    rows = torch.tensor(datasets["test"].encoded_texts[:8])
+    cached = FrozenPrefixCache(model, "flexible")
+    cached.fill(rows)
+    assert cached.storage == torch.device("cpu")
+    assert all(state.device.type == "cpu" for state in cached.cache.values())
+    rows = rows.cuda()
+    with torch.no_grad():
+        assert_close(cached(rows), pool_logits(model(rows), rows, "flexible"))
 
 
 def test_autocast_returns_float32_logits_close_to_float32():
@@ -193,9 +349,22 @@ def test_choose_precision():
     cpu = torch.device("cpu")
     assert choose_precision(cpu, "float32") == "float32"
     assert choose_precision(cpu, "bfloat16") == "bfloat16"
+    assert choose_precision(cpu, "float64") == "float64"
     assert choose_precision(cpu, "auto") in ("float32", "bfloat16")
     with pytest.raises(ConfigError, match="unknown precision"):
         choose_precision(cpu, "float16x")
+    assert isinstance(speed_up(exact_classifier(), "last", "float64"), FrozenPrefixCache)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_on_cuda_only_where_native(monkeypatch, native):
+    def is_bf16_supported(including_emulation=True):
+        return including_emulation or native  # every GPU emulates bfloat16
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
+    cuda = torch.device("cuda")
+    assert bf16_is_fast(cuda) is native
+    assert choose_precision(cuda, "auto") == ("bfloat16" if native else "float32")
 
 
 def test_trim_padding_cuts_to_the_longest_message():

@@ -72,8 +72,45 @@ def test_the_log_follows_the_chapter(smoke_run):
     assert lines[0].startswith("data: practice")
     assert lines[1].startswith("weights: random")
     assert lines[2].startswith("model: gpt2-nano, 2,503,490 parameters, 28,466 trainable")
-    assert lines[3].startswith("Ep 1 (Step 000000): Train loss ")
+    assert lines[3].startswith("fast loop ready in ")
+    assert lines[3].endswith("(the frozen blocks ran once over 156 messages)")
+    assert lines[4].startswith("Ep 1 (Step 000000): Train loss ")
     assert sum(line.startswith("Training accuracy: ") for line in lines) == 5
+
+
+class Stop(Exception):
+    """Raised by a stand-in training loop once it has seen what it came for."""
+
+
+@pytest.mark.parametrize("loop", ["chapter", "fast"])
+def test_training_starts_from_the_seeded_global_generator(tmp_path, monkeypatch, loop):
+    # The chapter seeds the global generator right before training, and every shuffle draws
+    # from it; nothing may draw in between (the cache's pass, the optimizer, a progress bar).
+    seen = {}
+
+    def record(runner, train_loader, *args, **kwargs):
+        seen["state"] = torch.random.get_rng_state()
+        seen["generator"] = train_loader.generator
+        raise Stop
+
+    monkeypatch.setattr("gptclassifier.pipeline.train_classifier", record)
+    settings = train_settings("smoke", loop=loop, seed=7)
+    with pytest.raises(Stop):
+        fine_tune(load_data(profile="smoke"), settings, tmp_path / "run", "smoke", progress=False)
+    torch.manual_seed(7)
+    assert torch.equal(seen["state"], torch.random.get_rng_state())
+    assert seen["generator"] is None  # no private generator: the global one shuffles
+
+
+def test_a_model_the_cache_cannot_serve_says_which_loop_runs(tmp_path):
+    settings = train_settings("smoke", trainable="all", num_epochs=1)
+    lines = []
+    fine_tune(
+        load_data(profile="smoke"), settings, tmp_path / "run", "smoke", progress=False,
+        log=lines.append,
+    )  # fmt: skip
+    assert lines[3].startswith("the chapter's loop runs every block on every step: ")
+    assert not any("frozen blocks ran once" in line for line in lines)
 
 
 def test_classify_with_run_matches_the_loaded_model(smoke_run):

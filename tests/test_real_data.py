@@ -10,6 +10,7 @@ import json
 import zipfile
 
 import pandas as pd
+import pytest
 
 from gptclassifier.cli import main
 from gptclassifier.data import (
@@ -98,7 +99,7 @@ def test_longest_training_message_is_120_tokens(real_sms_file):
 
 def test_prepare_command_writes_the_chapters_csv_files(real_sms_file, tmp_path, capsys):
     out = tmp_path / "prepared"
-    args = ["prepare", "--data", str(real_sms_file), "--parsing", "book", "--out", str(out)]
+    args = ["prepare", "--data", str(real_sms_file), "--out", str(out)]  # the book's reading
     assert main(args) == 0
     for name, reference in zip(SPLIT_NAMES, chapter_split(real_sms_file), strict=True):
         assert (out / f"{name}.csv").read_text() == reference.to_csv(index=None)
@@ -110,7 +111,8 @@ def test_prepare_command_writes_the_chapters_csv_files(real_sms_file, tmp_path, 
 
 def test_prepare_command_with_exact_parsing_keeps_every_message(real_sms_file, tmp_path, capsys):
     out = tmp_path / "prepared"
-    assert main(["prepare", "--data", str(real_sms_file), "--out", str(out)]) == 0
+    args = ["prepare", "--data", str(real_sms_file), "--parsing", "exact", "--out", str(out)]
+    assert main(args) == 0
     assert "5,574 messages (exact parsing)" in capsys.readouterr().out
     sizes = [len(pd.read_csv(out / f"{name}.csv")) for name in SPLIT_NAMES]
     assert sizes == [1045, 149, 300]
@@ -128,4 +130,24 @@ def test_download_and_book_profile_use_the_verified_cache(real_sms_file, file_se
     assert path.read_bytes() == data
     loaded = load_data(profile="book")  # no network: it must come from the cache
     assert loaded.provenance.source == "uci"
-    assert len(loaded.frame) == 5574
+    assert len(loaded.frame) == 5572  # the book profile reads it as the chapter does
+
+
+# The first epoch that the book's gpt_class_finetune.py prints for GPT-2 small with random
+# weights (GPTModel made under torch.manual_seed(123)), the chapter's data and settings.
+BOOKS_FIRST_EPOCH = [
+    "Ep 1 (Step 000000): Train loss 1.038, Val loss 0.958",
+    "Ep 1 (Step 000050): Train loss 0.374, Val loss 0.390",
+    "Ep 1 (Step 000100): Train loss 0.272, Val loss 0.422",
+    "Training accuracy: 85.00% | Validation accuracy: 85.00%",
+]
+
+
+@pytest.mark.parametrize("way", [["--chapter"], []], ids=["chapter-loop", "default"])
+def test_train_prints_the_books_first_epoch(real_sms_file, tmp_path, capsys, way):
+    # Offline, so GPT-2 small starts from the seeded random weights, as in the book's check.
+    args = ["train", "--data", str(real_sms_file), "--epochs", "1", "--no-progress"]
+    assert main([*args, "--out", str(tmp_path / "run"), *way]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    progress = [line for line in printed if line.startswith(("Ep ", "Training accuracy: "))]
+    assert progress[:4] == BOOKS_FIRST_EPOCH

@@ -7,11 +7,17 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from gptclassifier.errors import DataError, GptClassifierError
-from gptclassifier.finetune import add_classification_head
+from gptclassifier.finetune import add_classification_head, set_trainable
 from gptclassifier.model import GPTModel, model_config
 from gptclassifier.runs import load_run, run_writer, save_model
 
-CONFIG = {"model": model_config("gpt2-nano"), "classes": ["ham", "spam"], "max_length": 20}
+CONFIG = {
+    "model": model_config("gpt2-nano"),
+    "classes": ["ham", "spam"],
+    "max_length": 20,
+    "precision": "float32",
+    "training": {"trainable": "last_block"},
+}
 
 
 @pytest.fixture
@@ -37,6 +43,21 @@ def test_save_then_load_gives_identical_logits(saved_run, classifier):
     with torch.no_grad():
         assert torch.equal(model(tokens), classifier(tokens))
     assert not model.training
+
+
+def test_a_loaded_run_is_frozen_and_computes_as_in_training(tmp_path, classifier):
+    trained = set_trainable(classifier, "last_block")
+    for precision, dtype in (("float32", torch.float32), ("float64", torch.float64)):
+        run = tmp_path / precision
+        run.mkdir()
+        save_model(run, trained.to(dtype), {**CONFIG, "precision": precision})
+        model, _ = load_run(run)
+        assert next(model.parameters()).dtype == dtype
+        assert {n for n, p in model.named_parameters() if p.requires_grad} == {
+            n for n, p in trained.named_parameters() if p.requires_grad
+        }
+        for name, tensor in model.state_dict().items():
+            assert torch.equal(tensor, trained.state_dict()[name]), name
 
 
 def test_the_saved_files_are_safetensors_and_json_only(saved_run):

@@ -274,7 +274,7 @@ def smoke_run(splits, on_update=None, log=None):
     """Fine-tune gpt2-nano on the practice data with the smoke profile's settings."""
     config = model_config("gpt2-nano")
     datasets = create_datasets(splits, get_tokenizer(), config["context_length"])
-    loaders = create_data_loaders(datasets, SMOKE["batch_size"], seed=123)
+    loaders = create_data_loaders(datasets, SMOKE["batch_size"])
     model = set_trainable(nano_classifier(seed=123), "last_block")
     torch.manual_seed(123)
     optimizer = torch.optim.AdamW(model.parameters(), lr=SMOKE["lr"], weight_decay=0.1)
@@ -352,6 +352,70 @@ def test_log_lines_follow_the_chapters_format(smoke_training):
     assert f"Training accuracy: {history.train_accs[-1] * 100:.2f}%" in last_accuracy
     assert f"Validation accuracy: {history.val_accs[-1] * 100:.2f}%" in last_accuracy
     assert lines[-1] == last_accuracy
+
+
+class Recorder(nn.Module):
+    """Run a model and record every batch it is given, and whether it was training."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.seen: list[tuple[bool, list]] = []
+
+    def forward(self, input_batch: torch.Tensor) -> torch.Tensor:
+        self.seen.append((self.training, input_batch.tolist()))
+        return self.model(input_batch)
+
+
+def books_script(datasets, model: nn.Module, num_epochs: int, eval_freq: int, eval_iter: int):
+    """Section 6.7's train_classifier_simple and its loaders, written out as the book has them."""
+    train_loader = DataLoader(datasets["train"], batch_size=8, shuffle=True, drop_last=True)
+    val_loader = DataLoader(datasets["validation"], batch_size=8, shuffle=False)
+
+    def first_batches(loader):
+        model.eval()
+        with torch.no_grad():
+            for i, (input_batch, _) in enumerate(loader):
+                if i >= min(eval_iter, len(loader)):
+                    break
+                model(input_batch)
+
+    torch.manual_seed(123)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=SMOKE["lr"], weight_decay=0.1)
+    global_step = -1
+    for _ in range(num_epochs):
+        model.train()
+        for input_batch, target_batch in train_loader:
+            optimizer.zero_grad()
+            loss = F.cross_entropy(model(input_batch)[:, -1, :], target_batch)
+            loss.backward()
+            optimizer.step()
+            global_step += 1
+            if global_step % eval_freq == 0:
+                first_batches(train_loader)  # evaluate_model: the training loss, then
+                first_batches(val_loader)  # the validation loss
+                model.train()
+        first_batches(train_loader)  # calc_accuracy_loader on each loader
+        first_batches(val_loader)
+
+
+def test_the_loop_sees_the_books_batches_in_the_books_order(smoke_splits):
+    datasets = create_datasets(smoke_splits, get_tokenizer(), 1024)
+    book = Recorder(set_trainable(nano_classifier(seed=123), "last_block"))
+    books_script(datasets, book, 2, SMOKE["eval_freq"], SMOKE["eval_iter"])
+
+    ours = Recorder(set_trainable(nano_classifier(seed=123), "last_block"))
+    loaders = create_data_loaders(datasets, SMOKE["batch_size"])
+    torch.manual_seed(123)
+    optimizer = torch.optim.AdamW(ours.parameters(), lr=SMOKE["lr"], weight_decay=0.1)
+    train_classifier(
+        ours, loaders["train"], loaders["validation"], optimizer, CPU, 2,
+        SMOKE["eval_freq"], SMOKE["eval_iter"], progress=False,
+    )  # fmt: skip
+    assert len(ours.seen) == len(book.seen)
+    training = [batch for is_training, batch in book.seen if is_training]
+    assert len(training) == 2 * (len(datasets["train"]) // 8)
+    assert ours.seen == book.seen  # every batch, training and evaluation, in the same order
 
 
 def test_two_runs_with_the_same_seeds_give_identical_histories(smoke_splits, smoke_training):

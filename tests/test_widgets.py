@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from gptclassifier.evaluate import classify_text
+from gptclassifier.fast import Autocast, FrozenPrefixCache
 from gptclassifier.finetune import add_classification_head
 from gptclassifier.model import GPTModel, model_config
 from gptclassifier.runs import save_model
@@ -41,9 +42,15 @@ def test_a_fresh_widget_has_a_stable_text_representation(classifier):
 
 
 def test_the_widget_reads_a_run_directory(classifier, tmp_path):
-    config = {"model": model_config("gpt2-nano"), "classes": ["no", "yes"]}
-    save_model(tmp_path, classifier, config | {"max_length": 16, "pooling": "flexible"})
+    training = {"trainable": "last_block", "pooling": "flexible", "loop": "fast"}
+    config = {"model": model_config("gpt2-nano"), "classes": ["no", "yes"], "training": training}
+    save_model(
+        tmp_path, classifier,
+        config | {"max_length": 16, "pooling": "flexible", "precision": "bfloat16"},
+    )  # fmt: skip
     widget = ClassifierWidget.from_run(tmp_path)
+    assert isinstance(widget.model, Autocast)  # as the run was trained: bfloat16
+    assert isinstance(widget.model.model, FrozenPrefixCache)
     assert widget.classify_options == {
         "max_length": 16,
         "pooling": "flexible",

@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     data_options.add_argument(
         "--parsing",
         choices=PARSINGS,
-        help="exact: every line is a message (default); book: the chapter's pandas parse",
+        help="book: the chapter's pandas read (default); exact: every line is a message",
     )
     data_options.add_argument("--text-column", default="Text", help="text column of a table")
     data_options.add_argument("--label-column", default="Label", help="label column of a table")
@@ -57,19 +57,24 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--model", choices=list(GPT_SIZES), help="model size")
     train.add_argument("--trainable", choices=TRAINABLE_STRATEGIES, help="what to fine-tune")
     train.add_argument(
-        "--pooling", choices=POOLINGS, help="which token's logits classify (default: flexible)"
+        "--pooling", choices=POOLINGS, help="which token's logits classify (default: last)"
     )
-    train.add_argument(
+    way = train.add_mutually_exclusive_group()
+    way.add_argument(
         "--chapter", action="store_true",
-        help="the chapter's loop: last-token pooling, every block every step, float32",
+        help="the chapter's own loop: every block runs on every step (same results, slower)",
+    )  # fmt: skip
+    way.add_argument(
+        "--fast", action="store_true",
+        help="the fastest way: flexible pooling, trimmed padding, bfloat16 where native",
     )  # fmt: skip
     train.add_argument(
-        "--precision", choices=("auto", "float32", "bfloat16"),
-        help="of the fast loop (default: auto, bfloat16 where the hardware has it)",
+        "--precision", choices=("auto", "float32", "bfloat16", "float64"),
+        help="default: float32 (with --fast: auto, bfloat16 where the hardware has it)",
     )  # fmt: skip
     train.add_argument(
-        "--bucket", action=argparse.BooleanOptionalAction, default=True,
-        help="fast loop: batch messages of similar length together (default: yes)",
+        "--bucket", action=argparse.BooleanOptionalAction, default=None,
+        help="with flexible pooling: batch messages of similar length (default: with --fast)",
     )  # fmt: skip
     train.add_argument("--compile", action="store_true", help="torch.compile the trained part")
     train.add_argument("--epochs", type=int, dest="num_epochs", help="passes over the data")
@@ -108,16 +113,16 @@ def run_prepare(args: argparse.Namespace) -> None:
 def run_train(args: argparse.Namespace) -> None:
     """Fine-tune, then print the accuracies and where the outputs are."""
     ensure_run_dir_free(args.out, args.force)
-    names = ("model", "trainable", "pooling", "parsing", "num_epochs", "batch_size", "lr", "seed")
+    names = (
+        "model", "trainable", "pooling", "parsing", "precision", "bucket", "compile",
+        "num_epochs", "batch_size", "lr", "seed",
+    )  # fmt: skip
     overrides = {name: getattr(args, name) for name in names}
-    if not args.chapter:
-        overrides |= {
-            "loop": "fast",
-            "pooling": args.pooling or "flexible",
-            "precision": args.precision or "auto",
-            "bucket": args.bucket,
-            "compile": args.compile,
-        }
+    if args.chapter:
+        overrides["loop"] = "chapter"
+    if args.fast:  # the fastest settings, where the user chose nothing else
+        fastest = {"pooling": "flexible", "precision": "auto", "bucket": True}
+        overrides |= {name: value for name, value in fastest.items() if overrides[name] is None}
     settings = train_settings(args.profile, **overrides)
     data = load_data(args.data, settings.parsing, args.profile, args.text_column, args.label_column)
     result = fine_tune(

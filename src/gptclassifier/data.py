@@ -32,7 +32,6 @@ SMS_MEMBER = "SMSSpamCollection"
 SMS_CLASSES = ("ham", "spam")
 SMS_FILE_VARIABLE = "GPTCLASSIFIER_SMS_FILE"
 PARSINGS = ("exact", "book")
-TABLE_SEPARATORS = {".csv": ",", ".tsv": "\t"}
 
 
 @dataclass(frozen=True)
@@ -91,13 +90,15 @@ def read_sms_spam(path: Path, parsing: str = "exact") -> pd.DataFrame:
 
     `exact` keeps every line as one message (5,574). `book` reproduces the chapter's
     `pd.read_csv(sep="\\t", header=None)`, whose quote handling merges a few lines (5,572).
+    Both refuse a file with a line that is not a label, a tab and a message.
     """
     path = Path(path)
     if parsing not in PARSINGS:
         raise DataError(f"unknown parsing {parsing!r}: choose one of {', '.join(PARSINGS)}")
     raw = _read_bytes(path)
+    exact = _parse_exact(raw, path)
     if parsing == "exact":
-        return _parse_exact(raw, path)
+        return exact
     frame = _parse_like_book(raw, path)
     unknown = frame.loc[~frame["Label"].isin(SMS_CLASSES), "Label"]
     if len(unknown):
@@ -169,13 +170,11 @@ def _parse_like_book(raw: bytes, path: Path) -> pd.DataFrame:
 def read_labeled_table(
     path: Path, text_column: str = "Text", label_column: str = "Label"
 ) -> pd.DataFrame:
-    """Read a user's CSV or TSV with a header row into columns `Label` (text) and `Text`."""
+    """Read a user's table with a header row into columns `Label` (text) and `Text`."""
     path = Path(path)
-    separator = TABLE_SEPARATORS.get(path.suffix.lower())
-    if separator is None:
-        raise DataError(f"{path}: a table must end in .csv or .tsv")
     _require_file(path)
     text = _decode(path.read_bytes(), path)
+    separator = _separator(text.partition("\n")[0])
     try:
         table = pd.read_csv(io.StringIO(text), sep=separator, dtype=str, keep_default_na=False)
     except (ValueError, pd.errors.ParserError) as exc:
@@ -192,6 +191,41 @@ def read_labeled_table(
     return pd.DataFrame({"Label": table[label_column], "Text": table[text_column]})
 
 
+def _separator(header: str) -> str:
+    """Return the separator a header line shows: a tab if it holds one, else a comma."""
+    return "\t" if "\t" in header else ","
+
+
+def _data_format(path: Path, text_column: str, label_column: str) -> str:
+    """Return `sms` for the SMS Spam Collection format or its zip, `table` for a header row."""
+    _require_file(path)
+    if zipfile.is_zipfile(path):
+        return "sms"
+    line = _first_line(path)
+    if line is None:
+        raise DataError(f"{path}: the file holds no messages")
+    label, tab, _ = line.partition("\t")
+    if tab and label in SMS_CLASSES:
+        return "sms"
+    header = [name.strip('"') for name in line.split(_separator(line))]
+    if text_column in header or label_column in header:
+        return "table"
+    raise DataError(
+        f"{path}: line 1 is neither an SMS Spam Collection line ({' or '.join(SMS_CLASSES)}, "
+        f"a tab, the message) nor a header row naming the {text_column!r} and "
+        f"{label_column!r} columns: {line[:40]!r}"
+    )
+
+
+def _first_line(path: Path) -> str | None:
+    """Return a file's first line, decoded leniently, or None if the file is only whitespace."""
+    with path.open("rb") as file:
+        line = file.readline().decode("utf-8-sig", errors="replace")
+        if not line.strip() and not file.read().strip():
+            return None
+    return line.rstrip("\r\n")
+
+
 def class_names(frame: pd.DataFrame) -> tuple[str, ...]:
     """Return the distinct labels in label order: numerically if all are integers, else sorted."""
     names = frame["Label"].astype(str).unique().tolist()
@@ -202,24 +236,27 @@ def class_names(frame: pd.DataFrame) -> tuple[str, ...]:
 
 def load_data(
     data: Path | str | None = None,
-    parsing: str = "exact",
+    parsing: str = "book",
     profile: str | None = None,
     text_column: str = "Text",
     label_column: str = "Label",
 ) -> LabeledData:
     """Load the messages a run asks for, with their provenance.
 
-    `data` (a file, a UCI zip, or a CSV/TSV table) wins; otherwise the `smoke` profile reads the
-    practice set and the `book` profile reads $GPTCLASSIFIER_SMS_FILE or the cached or
-    downloaded SMS Spam Collection, falling back to the practice set with a warning when the
-    download fails (an error instead under $GPTCLASSIFIER_STRICT).
+    `data` wins; otherwise the `smoke` profile reads the practice set and the `book` profile
+    reads $GPTCLASSIFIER_SMS_FILE or the cached or downloaded SMS Spam Collection, falling back
+    to the practice set with a warning when the download fails (an error instead under
+    $GPTCLASSIFIER_STRICT). A file is read by its content, whatever its name: lines of `ham` or
+    `spam`, a tab and the message (or a UCI zip) are the SMS Spam Collection, parsed as
+    `parsing` says (`book`, the chapter's 5,572 messages, by default); a header row naming
+    `text_column` or `label_column` makes it a tab- or comma-separated table.
     """
     settings = get_profile(profile)
     if data is None and settings.data == "sms":
         data = os.environ.get(SMS_FILE_VARIABLE) or None
     if data is not None:
         path = Path(data).expanduser()
-        if path.suffix.lower() in TABLE_SEPARATORS:
+        if _data_format(path, text_column, label_column) == "table":
             frame = read_labeled_table(path, text_column, label_column)
             return LabeledData(frame, class_names(frame), _provenance("local", path))
         return _sms_data(path, parsing, "local")

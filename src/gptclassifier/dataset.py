@@ -77,10 +77,11 @@ class LengthBucketSampler(Sampler):
     """Shuffled batches of messages of similar length, so that batches need little padding.
 
     Each epoch shuffles the messages, sorts them by length within chunks of `chunk_batches`
-    batches, cuts the chunks into batches and shuffles the batches.
+    batches, cuts the chunks into batches and shuffles the batches. The shuffles draw from
+    `generator`, or from torch's global generator when it is None (as the chapter's loader).
     """
 
-    def __init__(self, lengths, batch_size: int, generator, chunk_batches: int = 16):
+    def __init__(self, lengths, batch_size: int, generator=None, chunk_batches: int = 16):
         self.lengths, self.batch_size, self.generator = lengths, batch_size, generator
         self.chunk = batch_size * chunk_batches
 
@@ -101,36 +102,35 @@ class LengthBucketSampler(Sampler):
 def create_data_loaders(
     datasets: dict[str, SpamDataset],
     batch_size: int = 8,
-    seed: int = 123,
     trim: bool = False,
     bucket: bool = False,
 ) -> dict[str, DataLoader]:
     """Return the chapter's loaders: shuffled full training batches, and every other message.
 
+    As in the chapter, no generator is given: every pass over any of the loaders draws from
+    torch's global generator, so `torch.manual_seed` before training fixes every shuffle.
     `trim` cuts each batch's padding to its longest message (right only with `flexible`
     pooling); `bucket` also groups training messages of similar length into batches.
     """
-    generator = torch.Generator().manual_seed(seed)
     collate = trim_padding if trim else None
     train = datasets["train"]
     if bucket:
         lengths = [sum(token != PAD_TOKEN_ID for token in ids) for ids in train.encoded_texts]
-        sampler = LengthBucketSampler(lengths, batch_size, generator)
+        sampler = LengthBucketSampler(lengths, batch_size)
         loaders = {"train": DataLoader(train, batch_sampler=sampler, collate_fn=collate)}
     else:
-        loaders = {
-            "train": DataLoader(
-                train,
-                batch_size,
-                shuffle=True,
-                drop_last=True,
-                generator=generator,
-                collate_fn=collate,
-            )  # fmt: skip
-        }
+        train_loader = DataLoader(
+            train, batch_size, shuffle=True, drop_last=True, collate_fn=collate
+        )
+        loaders = {"train": train_loader}
     for name in ("validation", "test"):
-        loaders[name] = DataLoader(datasets[name], batch_size=batch_size, collate_fn=collate)
+        loaders[name] = evaluation_loader(datasets[name], batch_size, trim)
     return loaders
+
+
+def evaluation_loader(dataset: SpamDataset, batch_size: int = 8, trim: bool = False) -> DataLoader:
+    """Return a loader over every message of a dataset, in order (see create_data_loaders)."""
+    return DataLoader(dataset, batch_size=batch_size, collate_fn=trim_padding if trim else None)
 
 
 def trim_padding(batch, pad_token_id: int = PAD_TOKEN_ID):

@@ -7,10 +7,12 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader
+from torch import nn
 
-from gptclassifier.dataset import SpamDataset
+from gptclassifier.dataset import SpamDataset, evaluation_loader
 from gptclassifier.errors import DataError
+from gptclassifier.fast import Autocast, speed_up
+from gptclassifier.profiles import TrainSettings
 from gptclassifier.runs import load_run
 from gptclassifier.tokenizer import PAD_TOKEN_ID, get_tokenizer
 from gptclassifier.train import choose_device, classifier_logits, evaluating
@@ -110,8 +112,18 @@ def classify_text(text: str, model, tokenizer, device, **options) -> Prediction:
     return classify_texts([text], model, tokenizer, device, **options)[0]
 
 
+def classifier_runner(model, settings: TrainSettings, precision: str, datasets=()) -> nn.Module:
+    """Wrap a model the way a run computes with it: the fast loop's cache and the precision.
+
+    `precision` is the resolved one (never `auto`); `datasets` fill the cache ahead.
+    """
+    if settings.loop == "fast":
+        return speed_up(model, settings.pooling, precision, settings.compile, datasets)
+    return Autocast(model) if precision == "bfloat16" else model
+
+
 def evaluate_run(run_dir: Path, split: str = "test") -> dict:
-    """Return the metrics of a saved run on one of the splits it was trained with."""
+    """Return the metrics of a saved run on one of its splits, computed as training did."""
     device = choose_device()
     model, config = load_run(run_dir, device)
     split_file = Path(run_dir) / "data" / f"{split}.csv"
@@ -120,18 +132,27 @@ def evaluate_run(run_dir: Path, split: str = "test") -> dict:
     dataset = SpamDataset(
         pd.read_csv(split_file, keep_default_na=False), get_tokenizer(), config["max_length"]
     )
-    loader = DataLoader(dataset, batch_size=config["training"]["batch_size"])
-    counts = confusion_matrix(model, loader, device, len(config["classes"]), config["pooling"])
+    settings = TrainSettings(**config["training"])
+    runner = classifier_runner(model, settings, config["precision"], [dataset])
+    loader = evaluation_loader(dataset, settings.batch_size, settings.trims_padding)
+    counts = confusion_matrix(runner, loader, device, len(config["classes"]), settings.pooling)
     return classification_metrics(counts)
 
 
-def classify_with_run(run_dir: Path, texts: Sequence[str]) -> list[Prediction]:
-    """Classify new messages with a saved run, prepared as its training messages were."""
+def load_classifier(run_dir: Path) -> tuple[nn.Module, dict, torch.device]:
+    """Return a saved run's model wrapped as its training computed, its configuration, device."""
     device = choose_device()
     model, config = load_run(run_dir, device)
+    runner = classifier_runner(model, TrainSettings(**config["training"]), config["precision"])
+    return runner, config, device
+
+
+def classify_with_run(run_dir: Path, texts: Sequence[str]) -> list[Prediction]:
+    """Classify new messages with a saved run, prepared and computed as its training was."""
+    runner, config, device = load_classifier(run_dir)
     return classify_texts(
         texts,
-        model,
+        runner,
         get_tokenizer(),
         device,
         max_length=config["max_length"],

@@ -4,7 +4,7 @@ Each speed-up wraps the model or the batches, so the training loop, the losses a
 evaluation stay exactly the chapter's.
 """
 
-import contextlib
+import os
 import platform
 from pathlib import Path
 
@@ -16,6 +16,10 @@ from gptclassifier.errors import ConfigError
 from gptclassifier.model import GPTModel, TransformerBlock
 from gptclassifier.tokenizer import PAD_TOKEN_ID
 from gptclassifier.train import check_pooling, pooled_positions
+
+PRECISIONS = ("auto", "float32", "bfloat16", "float64")
+MEMORY_SHARE = 0.8  # of the free memory the cache may take: training needs the rest
+GIB = 2**30
 
 
 def frozen_blocks(model: GPTModel) -> int:
@@ -29,30 +33,72 @@ def frozen_blocks(model: GPTModel) -> int:
     return len(model.trf_blocks)
 
 
+def cache_refusal(model: GPTModel) -> str | None:
+    """Return why the frozen-prefix cache cannot serve `model`, in words, or None if it can."""
+    if frozen_blocks(model) == 0:
+        return "the embeddings or the first block are trained, so no frozen part can be cached"
+    dropout = max((m.p for m in model.modules() if isinstance(m, nn.Dropout)), default=0.0)
+    if dropout > 0:
+        return f"the model has dropout (rate {dropout:g}), which would make every pass differ"
+    return None
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Return the bytes free on a CUDA device, else in the host's memory; None if unknown."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024  # given in kB
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):  # no sysconf, or not these names
+        return None
+
+
+def cache_storage(need: int, device: torch.device, remedy: str = "--chapter") -> torch.device:
+    """Return where `need` bytes of cached states fit: on `device`, else on the host; or refuse."""
+    for place in dict.fromkeys((device, torch.device("cpu"))):  # the device, then the host
+        free = available_memory(place)
+        if free is None or need <= MEMORY_SHARE * free:
+            return place
+    raise ConfigError(
+        f"the frozen-prefix cache needs {need / GIB:.1f} GiB of memory and the host has "
+        f"{free / GIB:.1f} GiB available (it takes at most {MEMORY_SHARE:.0%}): train with {remedy}"
+    )
+
+
 class FrozenPrefixCache(nn.Module):
     """A GPTModel whose frozen part runs once per message and whose last block reads one position.
 
     The hidden states after the frozen embeddings and blocks are kept per message and reused
     in every later epoch and evaluation. With causal attention a position's state depends only
     on the tokens up to it, so a cached state is exact for any amount of padding; for
-    `flexible` pooling only the real tokens' states are kept, and zeros stand in for padding
-    that nothing reads. The last block then computes keys and values everywhere but its query,
-    feed-forward, norm and head only at the pooled position: the forward pass returns the
-    pooled logits, one row per message, equal to pooling the full model's output.
+    `flexible` pooling only the real tokens' states are kept (an empty message keeps position
+    0, which it is pooled at), and zeros stand in for padding that nothing reads. The states
+    stay on the model's device when they fit there, else on the host. The last block then
+    computes keys and values everywhere but its query, feed-forward, norm and head only at the
+    pooled position: the forward pass returns the pooled logits, one row per message, equal to
+    pooling the full model's output. The cache refuses to serve once the frozen part changed.
     """
 
     def __init__(self, model: GPTModel, pooling="last", pad_token_id: int = PAD_TOKEN_ID):
         super().__init__()
-        self.num_frozen = frozen_blocks(model)
-        if self.num_frozen == 0:
-            raise ConfigError("nothing to cache: the embeddings or the first block are trainable")
-        if any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules()):
-            raise ConfigError("the frozen-prefix cache needs a model without dropout")
+        refusal = cache_refusal(model)
+        if refusal:
+            raise ConfigError(f"the frozen-prefix cache cannot serve this model: {refusal}")
         check_pooling(pooling)
         self.model = model
         self.pooling = pooling
         self.pad_token_id = pad_token_id
         self.exact_padding = pooling != "flexible"
+        self.num_frozen = frozen_blocks(model)
+        self.frozen_weights = self._fingerprint()
+        self.storage = self.device
         self.cache: dict[bytes, torch.Tensor] = {}
 
     @property
@@ -60,7 +106,13 @@ class FrozenPrefixCache(nn.Module):
         """The wrapped model's position embedding (it tells the context length)."""
         return self.model.pos_emb
 
+    @property
+    def device(self) -> torch.device:
+        """The device of the wrapped model."""
+        return self.model.pos_emb.weight.device
+
     def forward(self, in_idx: torch.Tensor) -> torch.Tensor:
+        self._check_fresh()
         x = self._prefix_states(in_idx)
         positions = pooled_positions(in_idx, self.pooling, self.pad_token_id)
         trainable = list(self.model.trf_blocks[self.num_frozen :])
@@ -72,40 +124,76 @@ class FrozenPrefixCache(nn.Module):
             pooled = x[torch.arange(len(x), device=x.device), positions]
         return self.model.out_head(self.model.final_norm(pooled))
 
-    def fill(self, rows: torch.Tensor, batch_size: int = 32) -> None:
+    def fill(self, *row_sets: torch.Tensor, batch_size: int = 32) -> None:
         """Compute the states of many messages ahead, in batches of similar length."""
-        lengths = (rows != self.pad_token_id).sum(dim=1)
-        order = lengths.argsort().tolist()
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            width = rows.shape[1] if self.exact_padding else int(lengths[chunk].max().clamp(min=1))
-            self._cache_missing(rows[chunk, :width])
+        self._check_fresh()
+        self._place(sum(self._bytes_for(rows) for rows in row_sets))
+        for rows in row_sets:
+            rows = rows.cpu()
+            lengths = (rows != self.pad_token_id).sum(dim=1).clamp(min=1)
+            order = lengths.argsort().tolist()
+            for start in range(0, len(order), batch_size):
+                chunk = order[start : start + batch_size]
+                width = rows.shape[1] if self.exact_padding else int(lengths[chunk].max())
+                self._cache_missing(rows[chunk, :width].to(self.device))
+
+    def _bytes_for(self, rows: torch.Tensor) -> int:
+        """Return the memory that the states of `rows` take once cached."""
+        if self.exact_padding:
+            positions = rows.numel()
+        else:
+            positions = int((rows != self.pad_token_id).sum(dim=1).clamp(min=1).sum())
+        weight = self.model.tok_emb.weight
+        return positions * weight.shape[1] * weight.element_size()
+
+    def _place(self, need: int) -> None:
+        """Keep the states where they fit with `need` more bytes: the device, else the host."""
+        need += sum(state.nbytes for state in self.cache.values())
+        flexible = "--pooling flexible (as --fast does: only real tokens are cached) or "
+        remedy = (flexible if self.exact_padding else "") + "--chapter (no cache)"
+        self.storage = cache_storage(need, self.device, remedy)
+        self.cache = {key: state.to(self.storage) for key, state in self.cache.items()}
+
+    def _fingerprint(self) -> list[tuple[int, int]]:
+        """Return where each frozen parameter's data lives and how often it changed in place."""
+        model = self.model
+        frozen = (model.tok_emb, model.pos_emb, *model.trf_blocks[: self.num_frozen])
+        return [(p.data_ptr(), p._version) for module in frozen for p in module.parameters()]
+
+    def _check_fresh(self) -> None:
+        """Raise a ConfigError when the model's frozen part changed since the cache was made."""
+        now = frozen_blocks(self.model)
+        if now != self.num_frozen:
+            raise ConfigError(
+                f"the frozen-prefix cache was made with {self.num_frozen} frozen blocks and the "
+                f"model now has {now}: build a new cache for the new trainable part"
+            )
+        if self._fingerprint() != self.frozen_weights:
+            raise ConfigError(
+                "the frozen weights changed after the frozen-prefix cache was made (loaded, "
+                "edited or moved): build a new cache, or its states would be stale"
+            )
 
     def _prefix_states(self, in_idx: torch.Tensor) -> torch.Tensor:
         """Return the frozen part's output for a batch, computing only what is not cached."""
-        keys = self._cache_missing(in_idx)
-        batch = torch.zeros(
-            len(keys), in_idx.shape[1], self.model.tok_emb.embedding_dim,
-            dtype=self.cache[keys[0]].dtype, device=in_idx.device,
-        )  # fmt: skip
-        for i, key in enumerate(keys):
-            cached = self.cache[key][: in_idx.shape[1]]
-            batch[i, : len(cached)] = cached
-        return batch
+        width = in_idx.shape[1]
+        states = [self.cache[key][:width] for key in self._cache_missing(in_idx)]
+        batch = nn.utils.rnn.pad_sequence(states, batch_first=True)  # zeros after the states
+        return F.pad(batch, (0, 0, 0, width - batch.shape[1])).to(in_idx.device)
 
     def _cache_missing(self, in_idx: torch.Tensor) -> list[bytes]:
         """Run the frozen part on the rows whose states are not cached; return every row's key."""
-        width = in_idx.shape[1]
-        lengths = (in_idx != self.pad_token_id).sum(dim=1).tolist()
-        keys = [row[:n].cpu().numpy().tobytes() for row, n in zip(in_idx, lengths, strict=True)]
-        needed = [width if self.exact_padding else n for n in lengths]
+        rows = in_idx.cpu()
+        lengths = (rows != self.pad_token_id).sum(dim=1).tolist()
+        keys = [row[:n].numpy().tobytes() for row, n in zip(rows, lengths, strict=True)]
+        needed = [rows.shape[1] if self.exact_padding else max(n, 1) for n in lengths]
         # one row per distinct message that is not cached long enough; repeats are computed once
         missing = list({
             key: i for i, key in enumerate(keys)
             if key not in self.cache or len(self.cache[key]) < needed[i]
         }.values())  # fmt: skip
         if missing:
-            states = self._run_prefix(in_idx[missing])
+            states = self._run_prefix(in_idx[missing]).to(self.storage)
             for row, i in enumerate(missing):
                 self.cache[keys[i]] = states[row, : needed[i]].clone()
         return keys
@@ -163,9 +251,9 @@ class Autocast(nn.Module):
 
 
 def bf16_is_fast(device: torch.device) -> bool:
-    """Return whether this device multiplies bfloat16 matrices in hardware."""
+    """Return whether this device multiplies bfloat16 matrices in hardware, not by emulation."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        return torch.cuda.is_bf16_supported(including_emulation=False)
     if device.type == "cpu" and platform.system() == "Linux":
         flags = Path("/proc/cpuinfo").read_text(errors="replace").split()
         return "amx_bf16" in flags or "avx512_bf16" in flags
@@ -173,9 +261,12 @@ def bf16_is_fast(device: torch.device) -> bool:
 
 
 def choose_precision(device: torch.device, precision: str = "auto") -> str:
-    """Resolve `auto` to bfloat16 where the hardware has it, else float32."""
-    if precision not in ("auto", "float32", "bfloat16"):
-        raise ConfigError(f"unknown precision {precision!r}: choose auto, float32 or bfloat16")
+    """Resolve `auto` to bfloat16 where the hardware has it, else float32.
+
+    float64 is for exact comparisons: the caller converts the model with `.double()`.
+    """
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
     if precision == "auto":
         return "bfloat16" if bf16_is_fast(device) else "float32"
     return precision
@@ -184,16 +275,15 @@ def choose_precision(device: torch.device, precision: str = "auto") -> str:
 def speed_up(model: GPTModel, pooling: str, precision="float32", compile=False, datasets=()):
     """Wrap a model with every speed-up that leaves its results as they are meant to be.
 
-    The frozen-prefix cache is filled ahead with the messages of `datasets`. Returns the model
-    to train and evaluate; its parameters are the original model's.
+    The frozen-prefix cache, where `cache_refusal` allows it, is filled ahead with the
+    messages of `datasets`. Returns the model to train and evaluate; its parameters are the
+    original model's.
     """
     fast: nn.Module = model
-    with contextlib.suppress(ConfigError):  # nothing frozen, or dropout: no cache
+    if cache_refusal(model) is None:
         fast = FrozenPrefixCache(model, pooling)
-        device = next(model.parameters()).device
-        with torch.autocast(device.type, torch.bfloat16, enabled=precision == "bfloat16"):
-            for dataset in datasets:
-                fast.fill(torch.tensor(dataset.encoded_texts, device=device))
+        with torch.autocast(fast.device.type, torch.bfloat16, enabled=precision == "bfloat16"):
+            fast.fill(*(torch.tensor(dataset.encoded_texts) for dataset in datasets))
     if precision == "bfloat16":
         fast = Autocast(fast)
     if compile:

@@ -11,8 +11,8 @@ from gptclassifier import __version__
 from gptclassifier.data import LabeledData
 from gptclassifier.dataset import create_data_loaders, create_datasets
 from gptclassifier.errors import ConfigError
-from gptclassifier.evaluate import classification_metrics, confusion_matrix
-from gptclassifier.fast import choose_precision, speed_up
+from gptclassifier.evaluate import classification_metrics, classifier_runner, confusion_matrix
+from gptclassifier.fast import cache_refusal, choose_precision
 from gptclassifier.finetune import add_classification_head, count_parameters, set_trainable
 from gptclassifier.plots import plot_confusion_matrix, plot_values, save_figure
 from gptclassifier.prepare import SPLIT_NAMES, prepare_splits, write_splits
@@ -54,17 +54,16 @@ def fine_tune(
     base = load_base_model(settings.model, settings.seed)
     model = base.model
     datasets = create_datasets(splits, get_tokenizer(), base.config["context_length"])
-    fast = settings.loop == "fast"
-    trim = fast and settings.pooling == "flexible"
+    trim = settings.trims_padding
     loaders = create_data_loaders(
-        datasets, settings.batch_size, settings.seed, trim=trim, bucket=trim and settings.bucket
+        datasets, settings.batch_size, trim=trim, bucket=trim and settings.bucket
     )
 
     add_classification_head(model, len(labeled.classes), settings.seed)
     set_trainable(model, settings.trainable)
     total, trainable = count_parameters(model)
     device = choose_device()
-    precision = choose_precision(device, settings.precision) if fast else "float32"
+    precision = choose_precision(device, settings.precision)
     origin = labeled.provenance
     say(f"data: {origin.source} {origin.path} ({len(labeled.frame):,} messages)")
     say(f"weights: {base.provenance['source']} ({base.provenance['note']})")
@@ -73,15 +72,12 @@ def fine_tune(
         f"({settings.trainable}), {settings.pooling} pooling, {settings.loop} loop, "
         f"{precision} on {device}"
     )
-    model.to(device)
-    runner = model
-    if fast:
-        start = time.perf_counter()
-        runner = speed_up(model, settings.pooling, precision, settings.compile, datasets.values())
-        say(
-            f"fast loop ready in {time.perf_counter() - start:.1f} s "
-            f"(the frozen blocks ran once over {sum(map(len, datasets.values())):,} messages)"
-        )
+    model.to(device, torch.float64 if precision == "float64" else torch.float32)
+    start = time.perf_counter()
+    runner = classifier_runner(model, settings, precision, datasets.values())
+    say(_which_loop(model, settings, time.perf_counter() - start, datasets))
+    # The chapter seeds the global generator again right before training: every shuffle of
+    # every pass over the loaders (evaluation passes included) draws from it from here on.
     torch.manual_seed(settings.seed)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
@@ -120,6 +116,20 @@ def fine_tune(
         )
         _save_plots(staging, history, metrics["test"]["confusion_matrix"], labeled.classes)
     return RunResult(Path(out_dir), history, metrics, config)
+
+
+def _which_loop(model, settings: TrainSettings, seconds: float, datasets: dict) -> str:
+    """Say which loop trains, and why when the fast loop cannot use its cache."""
+    if settings.loop == "chapter":
+        return "the chapter's loop: every block runs on every step"
+    refusal = cache_refusal(model)
+    if refusal:
+        return f"the chapter's loop runs every block on every step: {refusal}"
+    messages = sum(map(len, datasets.values()))
+    return (
+        f"fast loop ready in {seconds:.1f} s "
+        f"(the frozen blocks ran once over {messages:,} messages)"
+    )
 
 
 def _save_plots(run_dir: Path, history: History, test_confusion, classes) -> None:

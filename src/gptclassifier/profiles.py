@@ -7,6 +7,7 @@ from gptclassifier.errors import ConfigError
 
 PROFILE_VARIABLE = "GPTCLASSIFIER_PROFILE"
 STRICT_VARIABLE = "GPTCLASSIFIER_STRICT"
+LOOPS = ("fast", "chapter")
 
 
 @dataclass(frozen=True)
@@ -16,10 +17,10 @@ class TrainSettings:
     model: str = "gpt2-small"
     trainable: str = "last_block"
     pooling: str = "last"
-    parsing: str = "exact"
-    loop: str = "chapter"  # "fast": frozen-prefix cache, trimmed padding, chosen precision
-    precision: str = "float32"  # of the fast loop: "float32", "bfloat16" or "auto"
-    bucket: bool = False  # fast loop: batch messages of similar length together
+    parsing: str = "book"  # the chapter's pandas read (5,572 messages); "exact" keeps 5,574
+    loop: str = "fast"  # frozen blocks once per message; "chapter": every block every step
+    precision: str = "float32"  # "bfloat16", "float64", or "auto" (bfloat16 where native)
+    bucket: bool = False  # fast loop with flexible pooling: batch similar lengths together
     compile: bool = False  # fast loop: torch.compile the trainable part
     num_epochs: int = 5
     batch_size: int = 8
@@ -29,7 +30,14 @@ class TrainSettings:
     eval_iter: int = 5
     seed: int = 123
 
+    @property
+    def trims_padding(self) -> bool:
+        """Whether each batch is cut to its longest message (fast loop, flexible pooling)."""
+        return self.loop == "fast" and self.pooling == "flexible"
+
     def __post_init__(self):
+        if self.loop not in LOOPS:
+            raise ConfigError(f"unknown loop {self.loop!r}: choose one of {', '.join(LOOPS)}")
         for name in ("num_epochs", "batch_size", "eval_freq", "eval_iter"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:

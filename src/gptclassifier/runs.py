@@ -12,7 +12,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from gptclassifier.errors import DataError, GptClassifierError
-from gptclassifier.finetune import add_classification_head
+from gptclassifier.finetune import add_classification_head, set_trainable
 from gptclassifier.model import GPTModel
 
 MODEL_FILE = "model.safetensors"
@@ -66,7 +66,7 @@ def save_model(run_dir: Path, model: GPTModel, config: dict) -> None:
 
 
 def load_run(run_dir: Path, device: torch.device | str = "cpu") -> tuple[GPTModel, dict]:
-    """Return the fine-tuned model of a run directory and its configuration.
+    """Return the fine-tuned model of a run directory, frozen as in training, and its configuration.
 
     Checks that the files exist and that every tensor has the shape that the configuration and
     the number of classes imply; never unpickles anything.
@@ -81,6 +81,9 @@ def load_run(run_dir: Path, device: torch.device | str = "cpu") -> tuple[GPTMode
         config = json.loads((run_dir / CONFIG_FILE).read_text(encoding="utf-8"))
         model = GPTModel(config["model"])
         add_classification_head(model, len(config["classes"]))
+        set_trainable(model, config["training"]["trainable"])
+        if config["precision"] == "float64":
+            model.double()
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise DataError(
             f"{run_dir / CONFIG_FILE}: not a gptclassifier run configuration ({exc})"

@@ -157,14 +157,19 @@ def train_classifier(
     start, global_step = time.perf_counter(), -1
     for epoch in range(num_epochs):
         model.train()
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{num_epochs}", disable=not progress)
-        for input_batch, target_batch in bar:
+        # A bar that counts, not one that wraps the loader: tqdm.auto's wrapper starts an extra
+        # pass over what it wraps, which would draw a shuffle that the chapter never draws.
+        bar = tqdm(
+            total=len(train_loader), desc=f"epoch {epoch + 1}/{num_epochs}", disable=not progress
+        )
+        for input_batch, target_batch in train_loader:
             optimizer.zero_grad()
             loss = calc_loss_batch(input_batch, target_batch, model, device, pooling)
             loss.backward()
             optimizer.step()
             history.examples_seen += input_batch.shape[0]
             global_step += 1
+            bar.update()
             if global_step % eval_freq == 0:
                 train_loss, val_loss = evaluate_model(
                     model, train_loader, val_loader, device, eval_iter, pooling
@@ -178,6 +183,7 @@ def train_classifier(
                     f"Train loss {train_loss:.3f}, Val loss {val_loss:.3f}"
                 )
                 _notify(on_update, history, start)
+        bar.close()
         history.train_accs.append(
             calc_accuracy_loader(train_loader, model, device, eval_iter, pooling)
         )

@@ -5,9 +5,8 @@ import io
 import ipywidgets as widgets
 import torch
 
-from gptclassifier.evaluate import classify_text
+from gptclassifier.evaluate import classify_text, load_classifier
 from gptclassifier.plots import plot_values
-from gptclassifier.runs import load_run
 from gptclassifier.tokenizer import get_tokenizer
 from gptclassifier.train import History
 
@@ -31,9 +30,9 @@ class ClassifierWidget(widgets.VBox):
     @classmethod
     def from_run(cls, run_dir) -> "ClassifierWidget":
         """Return a widget for the fine-tuned model saved in a run directory."""
-        model, config = load_run(run_dir)
+        model, config, device = load_classifier(run_dir)
         options = {key: config[key] for key in ("max_length", "pooling", "classes")}
-        return cls(model, get_tokenizer(), **options)
+        return cls(model, get_tokenizer(), device, **options)
 
     def _update(self, change=None) -> None:
         """Classify the current text and show the label and its probability."""
