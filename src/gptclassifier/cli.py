@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--profile", choices=list(PROFILES), help="default: $GPTCLASSIFIER_PROFILE or book"
     )
     data_options.add_argument(
-        "--data", type=Path, help="SMS data file, UCI zip, or CSV/TSV table with a header row"
+        "--data", type=Path, help="SMS Spam Collection file or zip, or a table with a header row"
     )
     data_options.add_argument(
         "--parsing",
