@@ -122,10 +122,17 @@ def classifier_runner(model, settings: TrainSettings, precision: str, datasets=(
     return Autocast(model) if precision == "bfloat16" else model
 
 
-def evaluate_run(run_dir: Path, split: str = "test") -> dict:
-    """Return the metrics of a saved run on one of its splits, computed as training did."""
+def load_classifier(run_dir: Path) -> tuple[nn.Module, dict, torch.device]:
+    """Return a saved run's model wrapped as its training computed, its configuration, device."""
     device = choose_device()
     model, config = load_run(run_dir, device)
+    runner = classifier_runner(model, TrainSettings(**config["training"]), config["precision"])
+    return runner, config, device
+
+
+def evaluate_run(run_dir: Path, split: str = "test") -> dict:
+    """Return the metrics of a saved run on one of its splits, computed as training did."""
+    runner, config, device = load_classifier(run_dir)
     split_file = Path(run_dir) / "data" / f"{split}.csv"
     if not split_file.is_file():
         raise DataError(f"{split_file}: the run has no {split} split")
@@ -133,18 +140,9 @@ def evaluate_run(run_dir: Path, split: str = "test") -> dict:
         pd.read_csv(split_file, keep_default_na=False), get_tokenizer(), config["max_length"]
     )
     settings = TrainSettings(**config["training"])
-    runner = classifier_runner(model, settings, config["precision"], [dataset])
     loader = evaluation_loader(dataset, settings.batch_size, settings.trims_padding)
     counts = confusion_matrix(runner, loader, device, len(config["classes"]), settings.pooling)
     return classification_metrics(counts)
-
-
-def load_classifier(run_dir: Path) -> tuple[nn.Module, dict, torch.device]:
-    """Return a saved run's model wrapped as its training computed, its configuration, device."""
-    device = choose_device()
-    model, config = load_run(run_dir, device)
-    runner = classifier_runner(model, TrainSettings(**config["training"]), config["precision"])
-    return runner, config, device
 
 
 def classify_with_run(run_dir: Path, texts: Sequence[str]) -> list[Prediction]:

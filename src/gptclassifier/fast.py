@@ -263,13 +263,18 @@ def bf16_is_fast(device: torch.device) -> bool:
 def choose_precision(device: torch.device, precision: str = "auto") -> str:
     """Resolve `auto` to bfloat16 where the hardware has it, else float32.
 
-    float64 is for exact comparisons: the caller converts the model with `.double()`.
+    float64 is for exact comparisons: the model's parameters are then float64 (parameter_dtype).
     """
     if precision not in PRECISIONS:
         raise ConfigError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
     if precision == "auto":
         return "bfloat16" if bf16_is_fast(device) else "float32"
     return precision
+
+
+def parameter_dtype(precision: str) -> torch.dtype:
+    """Return the dtype a model's parameters have for a resolved precision (bfloat16: autocast)."""
+    return torch.float64 if precision == "float64" else torch.float32
 
 
 def speed_up(model: GPTModel, pooling: str, precision="float32", compile=False, datasets=()):

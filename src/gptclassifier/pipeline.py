@@ -12,7 +12,7 @@ from gptclassifier.data import LabeledData
 from gptclassifier.dataset import create_data_loaders, create_datasets
 from gptclassifier.errors import ConfigError
 from gptclassifier.evaluate import classification_metrics, classifier_runner, confusion_matrix
-from gptclassifier.fast import cache_refusal, choose_precision
+from gptclassifier.fast import cache_refusal, choose_precision, parameter_dtype
 from gptclassifier.finetune import add_classification_head, count_parameters, set_trainable
 from gptclassifier.plots import plot_confusion_matrix, plot_values, save_figure
 from gptclassifier.prepare import SPLIT_NAMES, prepare_splits, write_splits
@@ -72,7 +72,7 @@ def fine_tune(
         f"({settings.trainable}), {settings.pooling} pooling, {settings.loop} loop, "
         f"{precision} on {device}"
     )
-    model.to(device, torch.float64 if precision == "float64" else torch.float32)
+    model.to(device, parameter_dtype(precision))
     start = time.perf_counter()
     runner = classifier_runner(model, settings, precision, datasets.values())
     say(_which_loop(model, settings, time.perf_counter() - start, datasets))

@@ -12,6 +12,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from gptclassifier.errors import DataError, GptClassifierError
+from gptclassifier.fast import parameter_dtype
 from gptclassifier.finetune import add_classification_head, set_trainable
 from gptclassifier.model import GPTModel
 
@@ -82,8 +83,7 @@ def load_run(run_dir: Path, device: torch.device | str = "cpu") -> tuple[GPTMode
         model = GPTModel(config["model"])
         add_classification_head(model, len(config["classes"]))
         set_trainable(model, config["training"]["trainable"])
-        if config["precision"] == "float64":
-            model.double()
+        model.to(parameter_dtype(config["precision"]))
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise DataError(
             f"{run_dir / CONFIG_FILE}: not a gptclassifier run configuration ({exc})"
