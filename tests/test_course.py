@@ -1,9 +1,11 @@
 """What a lesson says it runs on, and the run that lessons share."""
 
+import inspect
 import json
 
-from gptclassifier.course import describe_sources, fine_tuned_run, start_lesson
-from gptclassifier.data import sms_cache_path
+from gptclassifier.course import describe_sources, fine_tuned_run, show_source, start_lesson
+from gptclassifier.data import create_balanced_dataset, sms_cache_path
+from gptclassifier.dataset import SpamDataset
 from gptclassifier.weights import weights_path
 
 
@@ -49,3 +51,11 @@ def test_fine_tuned_run_is_trained_once_and_then_reused(tmp_path):
     (run / "config.json").write_text(json.dumps(config))
     fine_tuned_run("smoke", run)
     assert json.loads((run / "config.json").read_text())["training"]["lr"] != 0.5
+
+
+def test_show_source_renders_the_running_code_highlighted():
+    shown = show_source(create_balanced_dataset)
+    assert shown.data.startswith("def create_balanced_dataset(")
+    assert shown.data == inspect.getsource(create_balanced_dataset)
+    assert '<span class="k">def</span>' in shown._repr_html_()  # highlighted, not plain text
+    assert show_source(SpamDataset).data.startswith("class SpamDataset(")

@@ -11,6 +11,7 @@ from gptclassifier.errors import DataError
 from gptclassifier.evaluate import (
     Prediction,
     classification_metrics,
+    classify_review,
     classify_text,
     classify_texts,
     confusion_matrix,
@@ -194,6 +195,18 @@ def test_probabilities_are_the_softmax_of_the_pooled_logits(nano, tokenizer):
     probabilities = torch.softmax(logits, dim=-1)
     assert prediction.label == ("a", "b")[probabilities.argmax().item()]
     assert prediction.probability == pytest.approx(probabilities.max().item(), abs=1e-6)
+
+
+def test_the_books_classify_review_call_gives_the_books_answer(nano, tokenizer):
+    texts = ["You are a winner, claim your $1000 cash award now", "See you at dinner"]
+    for text in texts:
+        prediction = classify_review(text, nano, tokenizer, CPU, max_length=20, pad_token_id=PAD)
+        # Section 6.8 by hand: encode, pad to max_length, read the last position, argmax.
+        ids = tokenizer.encode(text)
+        with torch.no_grad():
+            logits = nano(torch.tensor([ids + [PAD] * (20 - len(ids))]))[0, -1]
+        assert prediction.label == ("ham", "spam")[logits.argmax().item()]
+        assert prediction.probability == pytest.approx(torch.softmax(logits, -1).max().item())
 
 
 def test_labels_come_from_classes_and_probabilities_lie_in_0_1(tokenizer):

@@ -28,6 +28,7 @@ from gptclassifier.train import (
     evaluating,
     pool_logits,
     train_classifier,
+    train_classifier_simple,
 )
 
 PAD = 50256
@@ -422,6 +423,26 @@ def test_two_runs_with_the_same_seeds_give_identical_histories(smoke_splits, smo
     again, _ = smoke_run(smoke_splits)
     first = {**smoke_training[0].as_dict(), "seconds": None}
     assert {**again.as_dict(), "seconds": None} == first
+
+
+def test_the_books_name_prints_its_lines_and_unpacks_into_its_five_values(
+    smoke_splits, smoke_training, capsys
+):
+    config = model_config("gpt2-nano")
+    datasets = create_datasets(smoke_splits, get_tokenizer(), config["context_length"])
+    loaders = create_data_loaders(datasets, SMOKE["batch_size"])
+    model = set_trainable(nano_classifier(seed=123), "last_block")
+    torch.manual_seed(123)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=SMOKE["lr"], weight_decay=0.1)
+    train_losses, val_losses, train_accs, val_accs, examples_seen = train_classifier_simple(
+        model, loaders["train"], loaders["validation"], optimizer, CPU,
+        num_epochs=SMOKE["num_epochs"], eval_freq=SMOKE["eval_freq"], eval_iter=SMOKE["eval_iter"],
+    )  # fmt: skip
+    history, _, _, lines = smoke_training
+    assert capsys.readouterr().out.splitlines() == lines
+    assert (train_losses, val_losses) == (history.train_losses, history.val_losses)
+    assert (train_accs, val_accs) == (history.train_accs, history.val_accs)
+    assert examples_seen == history.examples_seen
 
 
 # --- device -------------------------------------------------------------------------------

@@ -1,9 +1,12 @@
-"""What a lesson runs on: the profile, and where its data and weights will come from."""
+"""Lesson helpers: what a lesson runs on, and the package's own code shown where it is taught."""
 
+import inspect
 import json
 import os
 from dataclasses import asdict
 from pathlib import Path
+
+from IPython.display import Code
 
 from gptclassifier.data import SMS_FILE_VARIABLE, load_data, sms_cache_path
 from gptclassifier.pipeline import fine_tune
@@ -71,3 +74,8 @@ def fine_tuned_run(profile: str | None = None, run_dir: Path | str | None = None
     data = load_data(profile=chosen.name, parsing=chosen.training.parsing)
     fine_tune(data, chosen.training, run_dir, chosen.name, force=True, progress=False)
     return run_dir
+
+
+def show_source(obj) -> Code:
+    """Return the package's own source of a function or class, highlighted as in an editor."""
+    return Code(inspect.getsource(obj), language="python")

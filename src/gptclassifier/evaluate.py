@@ -112,6 +112,9 @@ def classify_text(text: str, model, tokenizer, device, **options) -> Prediction:
     return classify_texts([text], model, tokenizer, device, **options)[0]
 
 
+classify_review = classify_text  # the name section 6.8 of the book gives it
+
+
 def classifier_runner(model, settings: TrainSettings, precision: str, datasets=()) -> nn.Module:
     """Wrap a model the way a run computes with it: the fast loop's cache and the precision.
 
