@@ -1,0 +1,108 @@
+"""The pictures of the ideas show what the model and the batch really hold."""
+
+import matplotlib
+import pytest
+import torch
+from matplotlib.colors import to_rgba
+
+from gptclassifier.figures import (
+    FROZEN_COLOUR,
+    TRAINABLE_COLOUR,
+    attention_weights,
+    draw_classifier,
+    draw_padded_batch,
+    draw_pooled_attention,
+    model_parts,
+)
+from gptclassifier.finetune import TRAINABLE_STRATEGIES, add_classification_head, set_trainable
+from gptclassifier.model import GPTModel, model_config
+from gptclassifier.tokenizer import PAD_TOKEN_ID, get_tokenizer
+
+matplotlib.use("Agg")
+
+
+def classifier(name: str, strategy: str = "last_block") -> GPTModel:
+    """Return a two-way classifier of the named size, on the meta device (no memory)."""
+    with torch.device("meta"):
+        model = GPTModel(model_config(name))
+    return set_trainable(add_classification_head(model, 2), strategy)
+
+
+def test_gpt2_small_parts_give_the_books_parameter_counts():
+    parts = model_parts(classifier("gpt2-small"))
+    assert sum(part.parameters for part in parts) == 124_441_346  # the book's total
+    assert sum(part.trainable for part in parts) == 7_090_946  # the book's trainable count
+    assert [part.name for part in parts if part.trainable] == [
+        "block 12",
+        "final norm",
+        "output head (768 -> 2)",
+    ]
+
+
+@pytest.mark.parametrize("strategy", TRAINABLE_STRATEGIES)
+def test_parts_cover_every_parameter_once(strategy):
+    model = classifier("gpt2-nano", strategy)
+    parts = model_parts(model)
+    assert len(parts) == model_config("gpt2-nano")["n_layers"] + 4
+    assert sum(part.parameters for part in parts) == sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert sum(part.trainable for part in parts) == trainable
+
+
+def test_the_diagram_colours_exactly_the_trainable_parts():
+    model = classifier("gpt2-small")
+    fig = draw_classifier(model)
+    colours = [patch.get_facecolor() for patch in fig.axes[0].patches]
+    trainable = [part.trainable > 0 for part in model_parts(model)]
+    assert colours == [to_rgba(TRAINABLE_COLOUR if t else FROZEN_COLOUR) for t in trainable]
+    texts = {text.get_text() for text in fig.axes[0].texts}
+    assert "7,087,872  (trainable)" in texts and "38,597,376  (frozen)" in texts
+    assert fig.axes[0].get_title() == "7,090,946 of 124,441,346 parameters trained"
+
+
+def test_the_batch_picture_marks_the_positions_each_pooling_reads():
+    batch = torch.tensor(
+        [[5, 6, 7, PAD_TOKEN_ID, PAD_TOKEN_ID], [8, 9, 10, 11, 12], [3] + [PAD_TOKEN_ID] * 4]
+    )
+    fig = draw_padded_batch(batch)
+    marks = {c.get_label(): c.get_offsets().tolist() for c in fig.axes[0].collections}
+    assert marks["last pooling reads"] == [[4, 0], [4, 1], [4, 2]]
+    assert marks["first pooling reads"] == [[0, 0], [0, 1], [0, 2]]
+    assert marks["flexible pooling reads"] == [[2, 0], [4, 1], [0, 2]]  # the last real tokens
+
+
+@pytest.fixture(scope="module")
+def nano():
+    torch.manual_seed(123)
+    return GPTModel(model_config("gpt2-nano")).eval()
+
+
+def test_hand_computed_attention_reproduces_the_models_fused_attention(nano):
+    ids = torch.tensor([[464, 3290, 318, 257, 1332, PAD_TOKEN_ID, PAD_TOKEN_ID]])
+    for block in (0, -1):
+        weights = attention_weights(nano, ids, block)
+        index = range(len(nano.trf_blocks))[block]
+        with torch.no_grad():
+            hidden = nano.tok_emb(ids) + nano.pos_emb(torch.arange(ids.shape[1]))
+            hidden = nano.trf_blocks[:index](hidden)
+            x = nano.trf_blocks[index].norm1(hidden)
+            att = nano.trf_blocks[index].att
+            values = att.W_value(x).view(1, 7, att.num_heads, att.head_dim).transpose(1, 2)
+            by_hand = att.out_proj((weights @ values).transpose(1, 2).reshape(1, 7, -1))
+            fused = att(x)  # scaled_dot_product_attention with is_causal=True
+        torch.testing.assert_close(by_hand, fused, rtol=1e-4, atol=1e-5)
+        assert torch.allclose(weights.sum(dim=-1), torch.ones(1, att.num_heads, 7))
+        assert (weights.triu(1) == 0).all(), "no position attends to a later one"
+
+
+def test_the_attention_picture_shows_the_pooled_rows(nano):
+    tokenizer = get_tokenizer()
+    ids = tokenizer.encode("See you at 7")
+    batch = torch.tensor([ids + [PAD_TOKEN_ID] * 3])
+    fig = draw_pooled_attention(nano, batch, tokenizer)
+    weights = attention_weights(nano, batch)[0].mean(dim=0)
+    last, flexible = ([bar.get_height() for bar in ax.patches] for ax in fig.axes)
+    assert last == pytest.approx(weights[len(ids) + 2].tolist())
+    assert flexible == pytest.approx(weights[len(ids) - 1].tolist())
+    assert sum(flexible[len(ids) :]) == 0, "the last real token cannot see the padding"
+    assert fig.axes[1].get_title().startswith(f"flexible pooling: position {len(ids) - 1}")
