@@ -69,6 +69,7 @@ def test_the_batch_picture_marks_the_positions_each_pooling_reads():
     assert marks["last pooling reads"] == [[4, 0], [4, 1], [4, 2]]
     assert marks["first pooling reads"] == [[0, 0], [0, 1], [0, 2]]
     assert marks["flexible pooling reads"] == [[2, 0], [4, 1], [0, 2]]  # the last real tokens
+    assert not draw_padded_batch(batch, poolings=()).axes[0].collections
 
 
 @pytest.fixture(scope="module")

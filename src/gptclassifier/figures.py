@@ -3,9 +3,9 @@
 import math
 from dataclasses import dataclass
 
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyBboxPatch
 from torch import nn
@@ -46,7 +46,8 @@ def model_parts(model: GPTModel) -> list[ModelPart]:
 def draw_classifier(model: GPTModel) -> Figure:
     """Draw the model as a stack of parts, trainable ones coloured, with parameter counts."""
     parts = model_parts(model)
-    fig, ax = plt.subplots(figsize=(6, 0.42 * len(parts) + 1.2))
+    fig = Figure(figsize=(6, 0.42 * len(parts) + 1.2), layout="constrained")
+    ax = fig.add_subplot()
     for row, part in enumerate(parts):
         colour = TRAINABLE_COLOUR if part.trainable else FROZEN_COLOUR
         ax.add_patch(
@@ -70,44 +71,29 @@ def draw_classifier(model: GPTModel) -> Figure:
     ax.annotate(
         "token ids in", (0.5, -0.05), ha="center", va="top", fontsize=8, annotation_clip=False
     )
-    fig.tight_layout()
     return fig
 
 
 def draw_padded_batch(batch: torch.Tensor, poolings=POOLINGS, pad_token_id=PAD_TOKEN_ID) -> Figure:
     """Draw a batch of token ids as a heatmap, padding grey, and the position each pooling reads."""
     ids = batch.cpu().numpy()
-    padding = ids == pad_token_id
-    fig, ax = plt.subplots(figsize=(min(12, 2 + 0.22 * ids.shape[1]), 0.45 * len(ids) + 1.4))
-    ax.imshow(
-        np.where(padding, 0, 1),
-        cmap=plt.matplotlib.colors.ListedColormap([PADDING_COLOUR, "white"]),
-        aspect="auto",
-        vmin=0,
-        vmax=1,
-    )
-    image = ax.imshow(np.ma.masked_where(padding, ids), cmap="viridis", aspect="auto")
-    fig.colorbar(image, ax=ax, label="token id", fraction=0.03)
+    fig = Figure(figsize=(max(6, min(12, 2 + 0.22 * ids.shape[1])), 0.45 * len(ids) + 1.6))
+    fig.set_layout_engine("constrained")
+    ax = fig.add_subplot()
+    cmap = colormaps["viridis"].with_extremes(bad=PADDING_COLOUR)
+    image = ax.imshow(np.ma.masked_equal(ids, pad_token_id), cmap=cmap, aspect="auto")
+    fig.colorbar(image, ax=ax, label="token id", pad=0.02)
     rows = np.arange(len(ids))
     for pooling in poolings:
         marker, colour = POOLING_MARKERS[pooling]
         columns = pooled_positions(batch, pooling, pad_token_id).cpu().numpy()
-        ax.scatter(
-            columns,
-            rows,
-            marker=marker,
-            s=90,
-            color=colour,
-            edgecolors="white",
-            linewidths=0.8,
-            label=f"{pooling} pooling reads",
-            zorder=3,
-        )
+        label = f"{pooling} pooling reads"
+        ax.scatter(columns, rows, s=90, marker=marker, color=colour, label=label, zorder=3)
     ax.set_xlabel("position (grey: <|endoftext|> padding)")
     ax.set_ylabel("message in the batch")
     ax.set_yticks(rows)
-    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(poolings), fontsize=8)
-    fig.tight_layout()
+    if poolings:
+        fig.legend(loc="outside lower center", ncol=len(poolings), fontsize=8)
     return fig
 
 
@@ -142,13 +128,8 @@ def draw_pooled_attention(
     ids = input_ids[0].tolist()
     labels = [tokenizer.decode([token]) for token in ids]
     colours = [PADDING_COLOUR if t == PAD_TOKEN_ID else "tab:blue" for t in ids]
-    fig, axes = plt.subplots(
-        len(poolings),
-        1,
-        figsize=(min(12, 2 + 0.3 * len(ids)), 2.2 * len(poolings)),
-        sharex=True,
-        squeeze=False,
-    )
+    fig = Figure(figsize=(min(12, 2 + 0.3 * len(ids)), 2.2 * len(poolings)), layout="constrained")
+    axes = fig.subplots(len(poolings), 1, sharex=True, squeeze=False)
     for ax, pooling in zip(axes[:, 0], poolings, strict=True):
         position = pooled_positions(input_ids[:1], pooling).item()
         ax.bar(range(len(ids)), weights[position].numpy(), color=colours)
@@ -159,5 +140,4 @@ def draw_pooled_attention(
     axes[-1, 0].set_xticks(
         range(len(ids)), [repr(label)[1:-1] for label in labels], rotation=90, fontsize=8
     )
-    fig.tight_layout()
     return fig
