@@ -14,11 +14,13 @@ SETUP_STAMP := $(VENV)/.setup-complete
 # Where `make train` saves its run; a new folder each time, so no run is ever overwritten.
 RUN_DIR ?= runs/chapter-$(shell date +%Y%m%d-%H%M%S)
 
+# The lessons that `make lessons` runs in the book profile (LESSONS=notebooks/07_*.ipynb: one).
+LESSONS ?= $(sort $(wildcard notebooks/[0-9]*.ipynb))
 # The notebooks are checked, and re-saved, in the smoke profile: seconds, no network.
 NOTEBOOK_ENV := GPTCLASSIFIER_PROFILE=smoke
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with notebooks/nbval-sanitize.cfg
 
-.PHONY: help setup lab prepare train bench test notebooks lint clean
+.PHONY: help setup lab prepare train bench test notebooks lessons lint clean
 
 help: ## List the targets
 	@echo "gptclassifier: fine-tune GPT-2 into a spam classifier"
@@ -49,6 +51,14 @@ test: setup ## Run the tests, and strict nbval on every notebook
 
 notebooks: setup ## Re-run every notebook top to bottom in the smoke profile and save its outputs
 	$(NOTEBOOK_ENV) $(BIN)/jupyter nbconvert --to notebook --execute --inplace notebooks/*.ipynb
+
+lessons: setup ## Run every lesson top to bottom in the book profile, timing each; saves nothing
+	@for lesson in $(LESSONS); do \
+		start=$$(date +%s); \
+		GPTCLASSIFIER_PROFILE=book $(BIN)/jupyter nbconvert --to notebook --execute --stdout \
+			--log-level=WARN "$$lesson" > /dev/null || exit 1; \
+		echo "$$lesson: $$(( $$(date +%s) - start )) s"; \
+	done
 
 lint: setup ## Check style with ruff
 	$(BIN)/ruff check src tests benchmarks
