@@ -2,22 +2,33 @@
 
 import math
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from gptclassifier.errors import DataError
 from gptclassifier.evaluate import (
     Prediction,
+    choose_threshold,
+    class_probabilities,
     classification_metrics,
     classify_review,
     classify_text,
     classify_texts,
+    confusion_at_threshold,
     confusion_matrix,
+    evaluate_run,
+    precision_recall_curve,
+    split_predictions,
 )
 from gptclassifier.finetune import add_classification_head
 from gptclassifier.model import GPTModel, model_config
+from gptclassifier.runs import save_model
 from gptclassifier.tokenizer import get_tokenizer
 
 CPU = torch.device("cpu")
@@ -129,6 +140,162 @@ def test_confusion_matrix_matches_a_manual_count():
     assert counts.tolist() == [[4, 1, 2], [2, 2, 2], [1, 4, 2]]  # rows true, columns predicted
     assert counts.sum().item() == 20
     assert counts.dtype == torch.long
+
+
+def test_class_probabilities_are_the_softmax_of_each_message_in_order():
+    inputs = torch.tensor([[i, PAD] for i in range(7)])
+    targets = torch.tensor([0, 1, 1, 0, 1, 0, 0])
+    loader = DataLoader(TensorDataset(inputs, targets), batch_size=3)
+    probabilities, seen_targets = class_probabilities(FirstTokenClassifier(2), loader, CPU)
+    confident = math.exp(3) / (math.exp(3) + 1)  # softmax of the stub's logits (3, 0)
+    by_parity = [[confident, 1 - confident], [1 - confident, confident]]  # first token % 2
+    expected = [by_parity[i % 2] for i in range(7)]
+    np.testing.assert_allclose(probabilities.numpy(), expected, rtol=1e-6)
+    assert probabilities.dtype == torch.float64
+    assert seen_targets.tolist() == targets.tolist()
+
+
+def test_class_probabilities_of_an_empty_loader_is_an_error():
+    loader = DataLoader(TensorDataset(torch.zeros(0, 2, dtype=torch.long), torch.zeros(0)))
+    with pytest.raises(DataError, match="no messages"):
+        class_probabilities(FirstTokenClassifier(2), loader, CPU)
+
+
+# --- thresholds and the precision-recall curve ----------------------------------------------
+
+SCORES = [0.3, 0.8, 0.1, 0.9, 0.8]  # a tie at 0.8, one spam and one ham
+TARGETS = [1, 0, 0, 1, 1]
+
+
+def test_precision_recall_curve_by_hand():
+    curve = precision_recall_curve(SCORES, TARGETS)
+    # Flag every score >= t. Of the 3 spam: t=0.1 flags all 5 (3 spam); t=0.3 flags 4 (3 spam);
+    # t=0.8 flags both 0.8s and 0.9 (2 spam); t=0.9 flags one (spam).
+    assert curve["threshold"].tolist() == [0.1, 0.3, 0.8, 0.9]
+    assert curve["flagged"].tolist() == [5, 4, 3, 1]
+    assert curve["precision"].tolist() == pytest.approx([3 / 5, 3 / 4, 2 / 3, 1])
+    assert curve["recall"].tolist() == pytest.approx([1, 1, 2 / 3, 1 / 3])
+
+
+def test_precision_recall_curve_gives_scikit_learns_documented_example():
+    # The example of sklearn.metrics.precision_recall_curve's documentation, with its answer
+    # (scikit-learn adds a last point, precision 1 at recall 0, that no threshold gives).
+    curve = precision_recall_curve(torch.tensor([0.1, 0.4, 0.35, 0.8]), [0, 0, 1, 1])
+    assert curve["threshold"].tolist() == pytest.approx([0.1, 0.35, 0.4, 0.8])
+    assert curve["precision"].tolist() == pytest.approx([0.5, 2 / 3, 0.5, 1.0])
+    assert curve["recall"].tolist() == pytest.approx([1.0, 1.0, 0.5, 0.5])
+
+
+@given(
+    st.lists(st.tuples(st.integers(0, 6), st.booleans()), min_size=1, max_size=30).filter(
+        lambda pairs: any(spam for _, spam in pairs)
+    )
+)
+def test_precision_recall_curve_matches_counting_at_every_threshold(pairs):
+    scores = [level / 6 for level, _ in pairs]  # few levels: many ties
+    targets = [int(spam) for _, spam in pairs]
+    curve = precision_recall_curve(scores, targets)
+    assert curve["threshold"].tolist() == sorted(set(scores))
+    for row in curve.itertuples():
+        flagged = [t for s, t in zip(scores, targets, strict=True) if s >= row.threshold]
+        assert row.flagged == len(flagged)
+        assert row.precision == pytest.approx(sum(flagged) / len(flagged))
+        assert row.recall == pytest.approx(sum(flagged) / sum(targets))
+        metrics = classification_metrics(confusion_at_threshold(scores, targets, row.threshold))
+        assert (metrics["precision"], metrics["recall"]) == pytest.approx(
+            (row.precision, row.recall)
+        )
+
+
+def test_confusion_at_threshold_by_hand():
+    counts = confusion_at_threshold(np.array(SCORES), pd.Series(TARGETS), 0.5)
+    # ham: 0.8 flagged, 0.1 not; spam: 0.9 and 0.8 flagged, 0.3 missed
+    assert counts.tolist() == [[1, 1], [1, 2]]
+    assert confusion_at_threshold(SCORES, TARGETS, 0.8).tolist() == [[1, 1], [1, 2]]  # >= t
+    assert confusion_at_threshold(SCORES, TARGETS, 0.95).tolist() == [[2, 0], [3, 0]]
+
+
+@pytest.mark.parametrize(
+    "scores, targets, message",
+    [
+        ([0.1, 0.2], [1], "one score per true class"),
+        ([], [], "one score per true class"),
+        ([[0.1, 0.9]], [[0, 1]], "one score per true class"),
+        ([0.1, float("nan")], [0, 1], "finite"),
+        ([0.1, 0.2], [0, 2], "0 \\(ham\\) or 1 \\(spam\\)"),
+        ([0.1, 0.2], [0, 0], "at least one spam"),
+    ],
+)
+def test_precision_recall_curve_rejects_bad_input_in_one_line(scores, targets, message):
+    with pytest.raises(ValueError, match=message) as raised:
+        precision_recall_curve(scores, targets)
+    assert "\n" not in str(raised.value)
+
+
+def test_choose_threshold_takes_the_lowest_reaching_the_precision():
+    curve = precision_recall_curve(SCORES, TARGETS)  # precisions 0.6, 0.75, 0.67, 1
+    assert choose_threshold(curve, 0.7) == 0.3
+    assert choose_threshold(curve, 0.75) == 0.3
+    assert choose_threshold(curve, 0.8) == 0.9
+    assert choose_threshold(curve, 0.5) == 0.1
+
+
+def test_choose_threshold_says_when_no_threshold_is_precise_enough():
+    curve = precision_recall_curve([0.9, 0.5], [0, 1])  # the top score is ham
+    with pytest.raises(ValueError, match="no threshold reaches a precision of 60% .* 50%"):
+        choose_threshold(curve, 0.6)
+    for bad in (0, 1.5):
+        with pytest.raises(ValueError, match="min_precision"):
+            choose_threshold(curve, bad)
+
+
+# --- a saved run's split -----------------------------------------------------------------
+
+
+@pytest.fixture
+def saved_run(tmp_path, nano):
+    """Save the seeded nano as a run (fast loop, last pooling) with a small test split."""
+    training = {"model": "gpt2-nano", "trainable": "last_block", "loop": "fast", "batch_size": 3}
+    config = {
+        "model": model_config("gpt2-nano"),
+        "classes": ["ham", "spam"],
+        "training": training,
+        "max_length": 12,
+        "pooling": "last",
+        "precision": "float32",
+    }
+    save_model(tmp_path, nano, config)
+    texts = ["WIN cash now!!", "see you at 6", "Txt STOP to end", "ok", "Free prize, call"]
+    (tmp_path / "data").mkdir()
+    frame = pd.DataFrame({"Label": [1, 0, 1, 0, 1], "Text": texts})
+    frame.to_csv(tmp_path / "data" / "test.csv", index=False)
+    return tmp_path
+
+
+def test_split_predictions_are_classify_texts_on_the_saved_split(saved_run, nano, tokenizer):
+    table = split_predictions(saved_run, "test")
+    frame = pd.read_csv(saved_run / "data" / "test.csv")
+    assert table.columns.tolist() == ["text", "label", "predicted", "P(ham)", "P(spam)"]
+    assert table["text"].tolist() == frame["Text"].tolist()
+    assert table["label"].tolist() == [("ham", "spam")[label] for label in frame["Label"]]
+    expected = classify_texts(frame["Text"], nano, tokenizer, CPU, max_length=12)
+    assert table["predicted"].tolist() == [p.label for p in expected]
+    chosen = [row[f"P({row.predicted})"] for _, row in table.iterrows()]
+    assert chosen == pytest.approx([p.probability for p in expected], abs=1e-5)
+    assert (table["P(ham)"] + table["P(spam)"]).tolist() == pytest.approx([1.0] * 5)
+
+
+def test_evaluate_run_counts_what_split_predictions_predicts(saved_run):
+    table = split_predictions(saved_run, "test")
+    counts = pd.crosstab(table["label"], table["predicted"]).reindex(
+        index=["ham", "spam"], columns=["ham", "spam"], fill_value=0
+    )
+    assert evaluate_run(saved_run, "test")["confusion_matrix"] == counts.values.tolist()
+
+
+def test_split_predictions_of_a_missing_split_names_it(saved_run):
+    with pytest.raises(DataError, match="validation.csv: the run has no validation split"):
+        split_predictions(saved_run, "validation")
 
 
 # --- classify_texts -----------------------------------------------------------------------

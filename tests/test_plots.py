@@ -1,4 +1,4 @@
-"""Figures: training curves with an examples-seen axis, a confusion matrix, atomic saving."""
+"""Figures: training curves, a confusion matrix, a precision-recall curve, atomic saving."""
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -6,7 +6,12 @@ import pytest
 import torch
 from matplotlib.ticker import PercentFormatter
 
-from gptclassifier.plots import plot_confusion_matrix, plot_values, save_figure
+from gptclassifier.plots import (
+    plot_confusion_matrix,
+    plot_precision_recall,
+    plot_values,
+    save_figure,
+)
 
 EPOCHS = [0.0, 1.0, 2.0, 3.0]
 EXAMPLES = [0.0, 1000.0, 2000.0, 3000.0]
@@ -157,6 +162,53 @@ def test_plot_confusion_matrix_ten_classes():
 def test_plot_confusion_matrix_rejects_bad_matrices(matrix, names):
     with pytest.raises(ValueError):
         plot_confusion_matrix(matrix, names)
+
+
+RECALL = [1.0, 1.0, 2 / 3, 1 / 3]
+PRECISION = [0.6, 0.75, 2 / 3, 1.0]
+
+
+def test_plot_precision_recall_draws_the_curve_and_the_marks():
+    marks = {"threshold 0.5": (2 / 3, 2 / 3), "chosen": (1.0, 0.75)}
+    fig = plot_precision_recall(RECALL, torch.tensor(PRECISION), marks, title="Validation set")
+    (ax,) = fig.axes
+    curve, half, chosen = ax.get_lines()
+    np.testing.assert_allclose(curve.get_xdata(), RECALL)
+    np.testing.assert_allclose(curve.get_ydata(), PRECISION)
+    assert curve.get_drawstyle() == "steps-post"
+    for line, (x, y) in zip((half, chosen), marks.values(), strict=True):
+        np.testing.assert_allclose([line.get_xdata()[0], line.get_ydata()[0]], [x, y])
+        assert line.get_linestyle() == "None" and line.get_fillstyle() == "none"
+    assert half.get_marker() != chosen.get_marker()  # both visible where they coincide
+    legend = [text.get_text() for text in ax.get_legend().get_texts()]
+    assert legend == ["each threshold", "threshold 0.5", "chosen"]
+    assert ax.get_xlabel().startswith("Recall") and ax.get_ylabel().startswith("Precision")
+    assert ax.get_title() == "Validation set"
+    assert ax.get_xlim() == ax.get_ylim() == pytest.approx((-0.03, 1.03))  # marks at 0 or 1 show
+    assert ax.xaxis.get_major_formatter()(0.5) == "50%"
+    assert ax.yaxis.get_major_formatter()(0.75) == "75%"
+
+
+def test_plot_precision_recall_without_marks_draws_only_the_curve():
+    (ax,) = plot_precision_recall(RECALL, PRECISION).axes
+    assert len(ax.get_lines()) == 1
+    assert ax.get_title() == "Precision-recall curve"
+
+
+@pytest.mark.parametrize(
+    "recall, precision, marks, message",
+    [
+        (RECALL, PRECISION[:3], None, "equally long and non-empty"),
+        ([], [], None, "equally long and non-empty"),
+        ([1.2, 0.5], [0.5, 0.5], None, "between 0 and 1"),
+        (RECALL, PRECISION, {"chosen": (0.5, -0.1)}, "between 0 and 1"),
+        (RECALL, PRECISION, {"chosen": (0.5, 0.5, 0.5)}, "one \\(recall, precision\\) pair"),
+    ],
+)
+def test_plot_precision_recall_rejects_bad_input_in_one_line(recall, precision, marks, message):
+    with pytest.raises(ValueError, match=message) as raised:
+        plot_precision_recall(recall, precision, marks)
+    assert "\n" not in str(raised.value)
 
 
 def test_save_figure_writes_png_and_pdf(tmp_path):

@@ -25,14 +25,18 @@ def classifier():
 def test_the_widget_classifies_what_is_typed(classifier):
     widget = ClassifierWidget(classifier, get_tokenizer(), **OPTIONS)
     assert widget.result.value == PROMPT and widget.bar.value == 0.0
+    assert widget.prediction is None
     widget.text.value = "WIN a free cruise, reply YES now"
     expected = classify_text(widget.text.value, classifier, get_tokenizer(), "cpu", **OPTIONS)
     assert widget.result.value == (
         f"<b>{expected.label}</b> with probability {expected.probability:.1%}"
     )
     assert widget.bar.value == pytest.approx(expected.probability)
+    assert widget.prediction.label == expected.label  # the same, as plain Python values
+    assert widget.prediction.probability == pytest.approx(expected.probability)
     widget.text.value = "   "
     assert widget.result.value == PROMPT and widget.bar.value == 0.0
+    assert widget.prediction is None
 
 
 def test_a_fresh_widget_has_a_stable_text_representation(classifier):
@@ -57,7 +61,8 @@ def test_the_widget_reads_a_run_directory(classifier, tmp_path):
         "classes": ["no", "yes"],
     }
     widget.text.value = "hello"
-    assert widget.result.value.split("</b>")[0] in ("<b>no", "<b>yes")
+    assert widget.result.value.split("</b>")[0] == f"<b>{widget.prediction.label}"
+    assert widget.prediction.label in ("no", "yes")
 
 
 class FakeLoader:

@@ -1,13 +1,15 @@
-"""Judging and using a fine-tuned classifier: metrics, a confusion matrix, new messages."""
+"""Judging and using a fine-tuned classifier: metrics, thresholds, new messages."""
 
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from gptclassifier.dataset import SpamDataset, evaluation_loader
 from gptclassifier.errors import DataError
@@ -18,16 +20,32 @@ from gptclassifier.tokenizer import PAD_TOKEN_ID, get_tokenizer
 from gptclassifier.train import choose_device, classifier_logits, evaluating
 
 
+def _batch_logits(model, data_loader, device, pooling: str):
+    """Yield each batch's class logits (on the CPU) and its true classes."""
+    with evaluating(model):
+        for inputs, targets in data_loader:
+            yield classifier_logits(model, inputs.to(device), pooling).cpu(), targets
+
+
 def confusion_matrix(model, data_loader, device, num_classes: int, pooling="last") -> torch.Tensor:
     """Return counts of (true class, predicted class) over every message of a loader."""
     counts = torch.zeros(num_classes, num_classes, dtype=torch.long)
-    with evaluating(model):
-        for inputs, targets in data_loader:
-            predicted = classifier_logits(model, inputs.to(device), pooling).argmax(dim=-1).cpu()
-            counts += torch.bincount(
-                targets * num_classes + predicted, minlength=num_classes**2
-            ).view(num_classes, num_classes)
+    for logits, targets in _batch_logits(model, data_loader, device, pooling):
+        counts += torch.bincount(
+            targets * num_classes + logits.argmax(dim=-1), minlength=num_classes**2
+        ).view(num_classes, num_classes)
     return counts
+
+
+def class_probabilities(
+    model, data_loader, device, pooling="last"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return every message's class probabilities (float64, a row each) and true classes."""
+    batches = list(_batch_logits(model, data_loader, device, pooling))
+    if not batches:
+        raise DataError("the loader has no messages to classify")
+    logits, targets = zip(*batches, strict=True)
+    return torch.softmax(torch.cat(logits).double(), dim=-1), torch.cat(targets)
 
 
 def classification_metrics(counts: torch.Tensor) -> dict:
@@ -54,6 +72,65 @@ def classification_metrics(counts: torch.Tensor) -> dict:
 def _safe_ratio(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
     """Divide element-wise, giving 0 where the denominator is 0."""
     return torch.where(denominator > 0, numerator / denominator.clamp(min=1e-12), 0.0)
+
+
+def _scores_and_targets(scores, targets) -> tuple[np.ndarray, np.ndarray]:
+    """Return spam scores and 0/1 true classes as equally long arrays, or say what is wrong."""
+    scores = np.asarray(scores, dtype=float)
+    targets = np.asarray(targets)
+    if scores.ndim != 1 or scores.shape != targets.shape or len(scores) == 0:
+        raise ValueError(
+            f"need one score per true class, got shapes {scores.shape} and {targets.shape}"
+        )
+    if not np.isfinite(scores).all():
+        raise ValueError("scores must be finite numbers")
+    if not np.isin(targets, (0, 1)).all():
+        raise ValueError("true classes must be 0 (ham) or 1 (spam)")
+    return scores, targets.astype(np.int64)
+
+
+def confusion_at_threshold(scores, targets, threshold: float) -> torch.Tensor:
+    """Return the 2x2 confusion matrix of calling a message spam when its score >= threshold."""
+    scores, targets = _scores_and_targets(scores, targets)
+    flagged = (scores >= threshold).astype(np.int64)
+    return torch.from_numpy(np.bincount(targets * 2 + flagged, minlength=4).reshape(2, 2))
+
+
+def precision_recall_curve(scores, targets) -> pd.DataFrame:
+    """Return precision and recall of calling scores >= t spam, for each distinct score t.
+
+    Rows go from the lowest threshold (everything flagged) to the highest; these are the
+    points of scikit-learn's function of the same name, less its final (recall 0) point.
+    """
+    scores, targets = _scores_and_targets(scores, targets)
+    if not targets.any():
+        raise ValueError("a precision-recall curve needs at least one spam message")
+    order = np.argsort(-scores, kind="stable")
+    ranked, true_positives = scores[order], np.cumsum(targets[order])
+    flagged = np.arange(1, len(ranked) + 1)
+    last_of_ties = np.append(ranked[1:] != ranked[:-1], True)
+    curve = pd.DataFrame(
+        {
+            "threshold": ranked[last_of_ties],
+            "flagged": flagged[last_of_ties],
+            "precision": (true_positives / flagged)[last_of_ties],
+            "recall": (true_positives / true_positives[-1])[last_of_ties],
+        }
+    )
+    return curve.iloc[::-1].reset_index(drop=True)
+
+
+def choose_threshold(curve: pd.DataFrame, min_precision: float) -> float:
+    """Return the lowest threshold of a precision-recall curve with at least `min_precision`."""
+    if not 0 < min_precision <= 1:
+        raise ValueError(f"min_precision must lie in (0, 1], got {min_precision}")
+    reaching = curve.loc[curve["precision"] >= min_precision, "threshold"]
+    if reaching.empty:
+        raise ValueError(
+            f"no threshold reaches a precision of {min_precision:.0%} "
+            f"(the highest is {curve['precision'].max():.0%})"
+        )
+    return float(reaching.min())
 
 
 @dataclass(frozen=True)
@@ -133,19 +210,45 @@ def load_classifier(run_dir: Path) -> tuple[nn.Module, dict, torch.device]:
     return runner, config, device
 
 
-def evaluate_run(run_dir: Path, split: str = "test") -> dict:
-    """Return the metrics of a saved run on one of its splits, computed as training did."""
-    runner, config, device = load_classifier(run_dir)
+def _split_loader(run_dir: Path, split: str, config: dict) -> tuple[pd.DataFrame, DataLoader, str]:
+    """Return a run's saved split, a loader batched as its training evaluated, and the pooling."""
     split_file = Path(run_dir) / "data" / f"{split}.csv"
     if not split_file.is_file():
         raise DataError(f"{split_file}: the run has no {split} split")
-    dataset = SpamDataset(
-        pd.read_csv(split_file, keep_default_na=False), get_tokenizer(), config["max_length"]
-    )
+    frame = pd.read_csv(split_file, keep_default_na=False)
+    dataset = SpamDataset(frame, get_tokenizer(), config["max_length"])
     settings = TrainSettings(**config["training"])
     loader = evaluation_loader(dataset, settings.batch_size, settings.trims_padding)
-    counts = confusion_matrix(runner, loader, device, len(config["classes"]), settings.pooling)
+    return frame, loader, settings.pooling
+
+
+def evaluate_run(run_dir: Path, split: str = "test") -> dict:
+    """Return the metrics of a saved run on one of its splits, computed as training did."""
+    runner, config, device = load_classifier(run_dir)
+    _, loader, pooling = _split_loader(run_dir, split, config)
+    counts = confusion_matrix(runner, loader, device, len(config["classes"]), pooling)
     return classification_metrics(counts)
+
+
+def split_predictions(run_dir: Path, split: str = "test") -> pd.DataFrame:
+    """Return a run's split: text, true and predicted label, and P(class) of every class.
+
+    The probabilities are computed as training computed them (see load_classifier).
+    """
+    runner, config, device = load_classifier(run_dir)
+    frame, loader, pooling = _split_loader(run_dir, split, config)
+    probabilities, targets = class_probabilities(runner, loader, device, pooling)
+    classes = config["classes"]
+    table = pd.DataFrame(
+        {
+            "text": frame["Text"],
+            "label": [classes[index] for index in targets.tolist()],
+            "predicted": [classes[index] for index in probabilities.argmax(dim=-1).tolist()],
+        }
+    )
+    for index, name in enumerate(classes):
+        table[f"P({name})"] = probabilities[:, index].numpy()
+    return table
 
 
 def classify_with_run(run_dir: Path, texts: Sequence[str]) -> list[Prediction]:

@@ -1,6 +1,7 @@
-"""Figures for chapter 6: training curves, a confusion matrix, and saving them as PNG and PDF."""
+"""Figures for chapter 6: training curves, a confusion matrix, a precision-recall curve; saving."""
 
-from collections.abc import Sequence
+import itertools
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -95,6 +96,44 @@ def plot_confusion_matrix(
             color = "white" if image.norm(count) > 0.5 else "black"
             text = f"{count}\n({share})"
             ax.text(j, i, text, ha="center", va="center", color=color, fontsize=fontsize)
+    return fig
+
+
+def plot_precision_recall(
+    recall,
+    precision,
+    marks: Mapping[str, tuple[float, float]] | None = None,
+    title: str = "Precision-recall curve",
+) -> Figure:
+    """Draw precision against recall, a step per threshold, with labelled (recall, precision)."""
+    recalls = _as_array(recall, "recall", 1)
+    precisions = _as_array(precision, "precision", 1)
+    points = {str(label): _as_array(point, label, 1) for label, point in (marks or {}).items()}
+    if len(recalls) != len(precisions) or len(recalls) == 0:
+        raise ValueError(
+            f"recall and precision must be equally long and non-empty, "
+            f"got {len(recalls)} and {len(precisions)}"
+        )
+    if any(len(point) != 2 for point in points.values()):
+        raise ValueError("each mark must be one (recall, precision) pair")
+    values = np.concatenate([recalls, precisions, *points.values()])
+    if not np.all((values >= 0) & (values <= 1)):
+        raise ValueError("recall and precision must lie between 0 and 1")
+
+    fig = Figure(figsize=(5, 4), layout="constrained")
+    ax = fig.add_subplot()
+    ax.plot(recalls, precisions, drawstyle="steps-post", marker=".", label="each threshold")
+    # Hollow markers of different shapes stay visible where two marks fall on one point.
+    for (label, (x, y)), marker in zip(points.items(), itertools.cycle("os^Dv"), strict=False):
+        ax.plot(x, y, marker=marker, markersize=11, fillstyle="none", mew=2, ls="none", label=label)
+    ax.set_xlabel("Recall (share of spam caught)")
+    ax.set_ylabel("Precision (share of flagged that is spam)")
+    ax.set_xlim(-0.03, 1.03)
+    ax.set_ylim(-0.03, 1.03)
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_formatter(PercentFormatter(xmax=1))
+    ax.set_title(title)
+    ax.legend(loc="lower left")
     return fig
 
 

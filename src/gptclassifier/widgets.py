@@ -5,7 +5,7 @@ import io
 import ipywidgets as widgets
 import torch
 
-from gptclassifier.evaluate import classify_text, load_classifier
+from gptclassifier.evaluate import Prediction, classify_text, load_classifier
 from gptclassifier.plots import plot_values
 from gptclassifier.tokenizer import get_tokenizer
 from gptclassifier.train import History
@@ -14,11 +14,15 @@ PROMPT = "<i>Type a message to classify it.</i>"
 
 
 class ClassifierWidget(widgets.VBox):
-    """A text box whose message is classified as you type, with the probability as a bar."""
+    """A text box whose message is classified as you type, with the probability as a bar.
+
+    `prediction` holds the latest Prediction (None while the box is empty), for code to read.
+    """
 
     def __init__(self, model, tokenizer, device="cpu", **classify_options):
         self.model, self.tokenizer, self.device = model, tokenizer, device
         self.classify_options = classify_options
+        self.prediction: Prediction | None = None
         self.text = widgets.Textarea(
             placeholder="Type or paste a message", layout=widgets.Layout(width="100%")
         )
@@ -37,9 +41,9 @@ class ClassifierWidget(widgets.VBox):
     def _update(self, change=None) -> None:
         """Classify the current text and show the label and its probability."""
         if not self.text.value.strip():
-            self.result.value, self.bar.value = PROMPT, 0.0
+            self.prediction, self.result.value, self.bar.value = None, PROMPT, 0.0
             return
-        prediction = classify_text(
+        self.prediction = prediction = classify_text(
             self.text.value, self.model, self.tokenizer, self.device, **self.classify_options
         )
         self.result.value = (
