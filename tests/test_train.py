@@ -271,14 +271,20 @@ def smoke_splits(tmp_path_factory):
         return prepare_splits(load_data(profile="smoke"))
 
 
-def smoke_run(splits, on_update=None, log=None):
-    """Fine-tune gpt2-nano on the practice data with the smoke profile's settings."""
+def smoke_start(splits):
+    """Return the smoke profile's gpt2-nano classifier, loaders and optimizer, seeded."""
     config = model_config("gpt2-nano")
     datasets = create_datasets(splits, get_tokenizer(), config["context_length"])
     loaders = create_data_loaders(datasets, SMOKE["batch_size"])
     model = set_trainable(nano_classifier(seed=123), "last_block")
     torch.manual_seed(123)
     optimizer = torch.optim.AdamW(model.parameters(), lr=SMOKE["lr"], weight_decay=0.1)
+    return model, loaders, optimizer
+
+
+def smoke_run(splits, on_update=None, log=None):
+    """Fine-tune gpt2-nano on the practice data with the smoke profile's settings."""
+    model, loaders, optimizer = smoke_start(splits)
     history = train_classifier(
         model, loaders["train"], loaders["validation"], optimizer, CPU,
         SMOKE["num_epochs"], SMOKE["eval_freq"], SMOKE["eval_iter"],
@@ -428,12 +434,7 @@ def test_two_runs_with_the_same_seeds_give_identical_histories(smoke_splits, smo
 def test_the_books_name_prints_its_lines_and_unpacks_into_its_five_values(
     smoke_splits, smoke_training, capsys
 ):
-    config = model_config("gpt2-nano")
-    datasets = create_datasets(smoke_splits, get_tokenizer(), config["context_length"])
-    loaders = create_data_loaders(datasets, SMOKE["batch_size"])
-    model = set_trainable(nano_classifier(seed=123), "last_block")
-    torch.manual_seed(123)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=SMOKE["lr"], weight_decay=0.1)
+    model, loaders, optimizer = smoke_start(smoke_splits)
     train_losses, val_losses, train_accs, val_accs, examples_seen = train_classifier_simple(
         model, loaders["train"], loaders["validation"], optimizer, CPU,
         num_epochs=SMOKE["num_epochs"], eval_freq=SMOKE["eval_freq"], eval_iter=SMOKE["eval_iter"],
