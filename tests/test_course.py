@@ -3,6 +3,8 @@
 import inspect
 import json
 
+import pytest
+
 from gptclassifier.course import describe_sources, fine_tuned_run, show_source, start_lesson
 from gptclassifier.data import create_balanced_dataset, sms_cache_path
 from gptclassifier.dataset import SpamDataset
@@ -51,6 +53,20 @@ def test_fine_tuned_run_is_trained_once_and_then_reused(tmp_path):
     (run / "config.json").write_text(json.dumps(config))
     fine_tuned_run("smoke", run)
     assert json.loads((run / "config.json").read_text())["training"]["lr"] != 0.5
+
+
+@pytest.mark.parametrize(
+    ("part", "stale"),
+    [("data", {"source": "practice", "sha256": "0" * 64}), ("weights", {"source": "pretrained"})],
+)
+def test_fine_tuned_run_is_retrained_on_other_data_or_weights(tmp_path, part, stale):
+    run = fine_tuned_run("smoke", tmp_path / "run")
+    config = json.loads((run / "config.json").read_text())
+    current = config["provenance"][part]
+    config["provenance"][part] = stale  # as if trained on other messages, or pretrained weights
+    (run / "config.json").write_text(json.dumps(config))
+    fine_tuned_run("smoke", run)
+    assert json.loads((run / "config.json").read_text())["provenance"][part] == current
 
 
 def test_show_source_renders_the_running_code_highlighted():

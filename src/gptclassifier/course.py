@@ -8,7 +8,7 @@ from pathlib import Path
 
 from IPython.display import Code
 
-from gptclassifier.data import SMS_FILE_VARIABLE, load_data, sms_cache_path
+from gptclassifier.data import SMS_FILE_VARIABLE, LabeledData, load_data, sms_cache_path
 from gptclassifier.pipeline import fine_tune
 from gptclassifier.profiles import Profile, get_profile
 from gptclassifier.weights import HUB_CHECKPOINTS, weights_path
@@ -64,16 +64,27 @@ def fine_tuned_run(profile: str | None = None, run_dir: Path | str | None = None
     """
     chosen = get_profile(profile)
     run_dir = Path(run_dir or f"runs/lessons-{chosen.name}")
-    config_file = run_dir / "config.json"
-    if config_file.is_file():
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-        if config.get("profile") == chosen.name and config.get("training") == asdict(
-            chosen.training
-        ):
-            return run_dir
     data = load_data(profile=chosen.name, parsing=chosen.training.parsing)
-    fine_tune(data, chosen.training, run_dir, chosen.name, force=True, progress=False)
+    if not _is_current(run_dir / "config.json", chosen, data):
+        fine_tune(data, chosen.training, run_dir, chosen.name, force=True, progress=False)
     return run_dir
+
+
+def _is_current(config_file: Path, profile: Profile, data: LabeledData) -> bool:
+    """Tell whether a saved run used the profile's settings, these data and today's weights."""
+    if not config_file.is_file():
+        return False
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    provenance = config.get("provenance", {})
+    model = profile.training.model
+    # Trained offline on random weights, a run is stale once the pretrained ones are cached.
+    random_weights_now = not (model in HUB_CHECKPOINTS and weights_path(model).is_file())
+    return (
+        config.get("profile") == profile.name
+        and config.get("training") == asdict(profile.training)
+        and provenance.get("data", {}).get("sha256") == data.provenance.sha256
+        and (provenance.get("weights", {}).get("source") == "random") == random_weights_now
+    )
 
 
 def show_source(obj) -> Code:
