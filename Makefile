@@ -34,8 +34,8 @@ $(SETUP_STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[lab,dev]"
 	touch $@
 
-lab: setup ## Open JupyterLab on the notebooks
-	$(BIN)/jupyter lab notebooks
+lab: setup ## Open JupyterLab on the lessons, at lesson 1 (LAB_ARGS: more JupyterLab options)
+	$(BIN)/python -m gptclassifier.lab $(LAB_ARGS)
 
 prepare: setup ## Write the chapter's train/validation/test CSVs to data/prepared
 	$(BIN)/gptclassifier prepare --out data/prepared

@@ -61,3 +61,11 @@ def test_ci_runs_the_readmes_test_command():
     ci = (ROOT / ".ci" / "run").read_text()
     assert re.search(r"^make test$", ci, re.M)
     assert "GPTCLASSIFIER_TEST_SMS_FILE" in ci
+    assert "GPTCLASSIFIER_BROWSER" in ci  # the browser test runs in CI, never skipped
+
+
+def test_make_lab_starts_the_command_the_browser_test_starts():
+    shown = subprocess.run(
+        ["make", "-n", "lab"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    assert re.search(r"^\S*python -m gptclassifier\.lab\b", shown, re.M)
