@@ -339,6 +339,8 @@ def test_sigint_during_training_stops_cleanly(tmp_path):
     with subprocess.Popen(
         [*command, "--no-progress"], cwd=tmp_path, env=env, text=True,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        # A suite started in the background inherits an ignored SIGINT; a user's Ctrl-C is not.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     ) as process:  # fmt: skip
         for line in process.stdout:
             if line.startswith("Ep 1 "):  # training has started
