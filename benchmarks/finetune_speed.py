@@ -1,61 +1,60 @@
-"""Fine-tune the chapter's way and the fast way on the same work, in one process; print the ratio.
+"""Where fine-tuning's time goes, way by way, in one process; the speed-up of the fast way.
 
-The workload is the chapter's: GPT-2 small, 1,045 / 149 / 300 messages, 5 epochs, batch 8,
-AdamW (lr 5e-5, weight decay 0.1), the last block and final norm trainable, evaluation every
-50 steps on 5 batches. Data: the SMS Spam Collection from --data or $GPTCLASSIFIER_SMS_FILE
-(the book's parsing, hence the book's split); otherwise practice messages of the same number
-and length. Weights: pretrained GPT-2 when cached or downloadable, else the same random
-weights for every way.
+Each way is a whole `fine_tune`, what `gptclassifier train` runs, saving its run to a
+temporary folder; start-up (a fresh interpreter importing the command line, and reading the
+data) is measured once and counted in every way. The workload is the chapter's: GPT-2 small,
+1,045 / 149 / 300 messages, 5 epochs, batch 8, AdamW (lr 5e-5, weight decay 0.1), the last
+block and final norm trainable, evaluation every 50 steps on 5 batches. Data: the SMS Spam
+Collection from --data or $GPTCLASSIFIER_SMS_FILE (the book's parsing), else practice messages
+of the same number and length. Weights: pretrained GPT-2 when cached or downloadable, else the
+same random weights for every way.
 
-    python benchmarks/finetune_speed.py [--quick] [--data FILE] [--precision auto|bfloat16]
+    python benchmarks/finetune_speed.py [--quick] [--data FILE] [--no-scaling]
 
-Ways: the chapter's loop; the fast loop with the chapter's last-token pooling (the same
-results, and the default of `gptclassifier train`); the fast loop with flexible pooling and
-trimmed padding (`gptclassifier train --fast`), in float32 and, where the hardware has it,
-bfloat16. The last line is
-`speedup: N.Nx`, the float32 fast way against the chapter's way.
+Ways: the chapter's loop (`train --chapter`, what the book's script does); the chapter's exact
+results through the cache (`train`) in float32 and, where the hardware has it, bfloat16; and
+`train --fast`. Then a scaling table: the fast way for one epoch on 1x, 4x and 16x the
+messages (practice messages, all three splits scaled), and with gpt2-medium. The last line is
+`speedup: N.Nx`, the chapter's way over the fast way, whole processes.
 """
 
 import argparse
 import contextlib
-import copy
 import ctypes
 import gc
 import os
 import platform
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import replace
+from pathlib import Path
 
 import pandas as pd
 import torch
+import torch.nn.functional as F
 
 from gptclassifier.data import LabeledData, Provenance, load_data
-from gptclassifier.dataset import create_data_loaders, create_datasets
+from gptclassifier.dataset import create_datasets
 from gptclassifier.errors import FallbackWarning
-from gptclassifier.evaluate import classify_texts
-from gptclassifier.fast import Autocast, choose_precision, speed_up
-from gptclassifier.finetune import add_classification_head, set_trainable
+from gptclassifier.fast import choose_precision
+from gptclassifier.flops import Workload, count_flops
+from gptclassifier.model import model_config
+from gptclassifier.pipeline import fine_tune
 from gptclassifier.practice import generate_practice_messages
 from gptclassifier.prepare import prepare_splits
-from gptclassifier.profiles import TrainSettings
+from gptclassifier.profiles import FASTEST, TrainSettings
 from gptclassifier.tokenizer import get_tokenizer
-from gptclassifier.train import calc_accuracy_loader, choose_device, train_classifier
-from gptclassifier.weights import load_base_model
+from gptclassifier.train import choose_device
+from gptclassifier.weights import weights_path
 
 LONGEST_MESSAGE = 120  # tokens: the real data's longest training message
-PRACTICE_MESSAGES = 5800  # about 747 spam once messages over 120 tokens are dropped
-
-
-@dataclass
-class Way:
-    """One way to fine-tune: its loop, pooling and precision."""
-
-    name: str
-    loop: str
-    pooling: str
-    precision: str
+REAL_SPAM = 747  # spam messages in the real data: balancing keeps as many ham
+SCALES = (1, 4, 16)
+PHASES = ("start-up", "model", "tokenizing", "cache pass", "training", "evaluation", "saving")
 
 
 class PeakMemory:
@@ -95,140 +94,194 @@ class PeakMemory:
         return (self.peak - self.start) / 2**20
 
 
-def practice_like_real(seed: int) -> LabeledData:
-    """Return practice messages of the real data's size, none longer than 120 tokens."""
+def practice_like_real(seed: int, scale: float = 1) -> LabeledData:
+    """Return distinct practice messages of none over 120 tokens: `scale` times the real spam."""
     tokenizer = get_tokenizer()
-    pairs = [
-        (label, text)
-        for label, text in generate_practice_messages(seed, PRACTICE_MESSAGES)
-        if len(tokenizer.encode(text)) <= LONGEST_MESSAGE
-    ]
+    wanted = max(8, round(REAL_SPAM * scale))
+    kept = {"spam": {}, "ham": {}}
+    round_seed = seed
+    while min(map(len, kept.values())) < wanted:
+        for label, text in generate_practice_messages(round_seed, 8 * wanted):
+            if len(kept[label]) < wanted and len(tokenizer.encode(text)) <= LONGEST_MESSAGE:
+                kept[label][text] = None
+        round_seed += 1
+    pairs = [(label, text) for label in ("ham", "spam") for text in kept[label]]
     frame = pd.DataFrame(pairs, columns=["Label", "Text"])
     return LabeledData(frame, ("ham", "spam"), Provenance("practice", "(generated)", ""))
 
 
-def shrink(splits: dict, train: int, other: int) -> dict:
-    """Keep the first messages of each split, for the quick run."""
-    return {
-        name: frame.iloc[: train if name == "train" else other] for name, frame in splits.items()
-    }
-
-
-def run(way: Way, base, splits, settings: TrainSettings, device) -> dict:
-    """Fine-tune a fresh copy of the base model one way; return its measurements."""
-    fast = way.loop == "fast"
-    datasets = create_datasets(splits, get_tokenizer(), base.config["context_length"])
-    trim = fast and way.pooling == "flexible"
-    loaders = create_data_loaders(datasets, settings.batch_size, trim=trim, bucket=trim)
-    model = set_trainable(
-        add_classification_head(copy.deepcopy(base.model), 2, settings.seed), settings.trainable
-    ).to(device)
-    torch.manual_seed(settings.seed)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
-    )
-    with PeakMemory() as memory:
-        start = time.perf_counter()
-        runner = (
-            speed_up(model, way.pooling, way.precision, datasets=datasets.values())
-            if fast
-            else model
-        )
-        history = train_classifier(
-            runner, loaders["train"], loaders["validation"], optimizer, device,
-            settings.num_epochs, settings.eval_freq, settings.eval_iter, way.pooling,
-            progress=False,
-        )  # fmt: skip
-        train_seconds = time.perf_counter() - start  # the cache's one pass included
-        accuracy = {
-            name: calc_accuracy_loader(loaders[name], runner, device, pooling=way.pooling)
-            for name in ("validation", "test")
-        }
-        seconds = time.perf_counter() - start
-    texts = splits["test"]["Text"].tolist()  # new to the classifier: no cache
+def startup_seconds() -> float:
+    """Return how long a fresh interpreter takes to import the command line."""
     start = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # messages cut to the padding length
-        classify_texts(
-            texts, Autocast(model) if way.precision == "bfloat16" else model, get_tokenizer(),
-            device,
-            max_length=datasets["train"].max_length, pooling=way.pooling,
-        )  # fmt: skip
-    classify_seconds = time.perf_counter() - start
+    subprocess.run([sys.executable, "-c", "import gptclassifier.cli"], check=True)
+    return time.perf_counter() - start
+
+
+def matmul_gflops(dtype: torch.dtype, device: torch.device) -> float:
+    """Return the GFLOP/s of a plain (4096 x 768) by (768 x 3072) product, as nn.Linear runs it."""
+    x = torch.randn(4096, 768, dtype=dtype, device=device)
+    weight = torch.randn(3072, 768, dtype=dtype, device=device)
+    with torch.inference_mode():
+        for _ in range(3):
+            F.linear(x, weight)
+        repeats = 20
+        start = time.perf_counter()
+        for _ in range(repeats):
+            F.linear(x, weight)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = (time.perf_counter() - start) / repeats
+    return 2 * 4096 * 768 * 3072 / seconds / 1e9
+
+
+def cache_flops(labeled: LabeledData, settings: TrainSettings) -> float:
+    """Return the FLOPs of the cache's one pass of the frozen blocks over every message."""
+    cfg = model_config(settings.model)
+    splits = prepare_splits(labeled, seed=settings.seed)
+    datasets = create_datasets(splits, get_tokenizer(), cfg["context_length"])
+    workload = Workload.of(datasets, settings)
+    flops = count_flops(
+        workload, cfg, cfg["n_layers"] - 1, cache=True, one_position=True,
+        trim=settings.trims_padding,
+    )  # fmt: skip
+    return flops["frozen blocks, once per message"]
+
+
+def run(labeled: LabeledData, settings: TrainSettings, startup: float, folder: Path) -> dict:
+    """Fine-tune one way, as `gptclassifier train` does; return its phases and measurements."""
+    with PeakMemory() as memory, tempfile.TemporaryDirectory(dir=folder) as out:
+        result = fine_tune(labeled, settings, Path(out) / "run", "book", progress=False)
+    seconds = {"start-up": startup, **result.phases.seconds}
+    cached = settings.loop == "fast"
     return {
-        "way": way.name,
-        "precision": way.precision,
-        "wall s": seconds,
-        "train msg/s": history.examples_seen / train_seconds,
+        **seconds,
+        "total": sum(seconds.values()),
         "peak MB": memory.megabytes,
-        "val acc": accuracy["validation"],
-        "test acc": accuracy["test"],
-        "classify msg/s": len(texts) / classify_seconds,
+        "cache GFLOP/s": (
+            cache_flops(labeled, settings) / seconds["cache pass"] / 1e9 if cached else None
+        ),
+        "validation": result.metrics["validation"]["accuracy"],
+        "test": result.metrics["test"]["accuracy"],
+        "precision": result.config["precision"],
+        "training messages": len(prepare_splits(labeled, seed=settings.seed)["train"]),
     }
+
+
+def print_ways(rows: dict[str, dict]) -> None:
+    """Print the seconds of every phase, way by way, and each way's other measurements."""
+    table = pd.DataFrame(rows)
+    chapter = table.loc["total", "the chapter's loop"]
+    seconds = table.loc[[*PHASES, "total"]].map(lambda value: f"{value:,.1f}")
+    speedup = table.loc["total"].map(lambda value: f"{chapter / value:.1f}x")
+    other = pd.DataFrame(
+        {
+            "speed-up": speedup,
+            "peak MB": table.loc["peak MB"].map(lambda value: f"{value:,.0f}"),
+            "cache GFLOP/s": table.loc["cache GFLOP/s"].map(
+                lambda value: "" if value is None else f"{value:.0f}"
+            ),
+            "validation": table.loc["validation"].map(lambda value: f"{value:.2%}"),
+            "test": table.loc["test"].map(lambda value: f"{value:.2%}"),
+        }
+    ).T
+    print("seconds by phase:")
+    print(pd.concat([seconds, other]).to_string())
+
+
+def print_scaling(rows: list[dict]) -> None:
+    """Print time and peak memory of each scaled run, and how each grows against the first."""
+    base = rows[0]
+    table = pd.DataFrame(
+        {
+            "run": row["run"],
+            "training messages": f"{row['training messages']:,}",
+            "cache pass s": f"{row['cache pass']:.1f}",
+            "training s": f"{row['training']:.1f}",
+            "total s": f"{row['total']:.1f}",
+            "time vs 1x": f"{row['total'] / base['total']:.1f}x",
+            "peak MB": f"{row['peak MB']:,.0f}",
+            "memory vs 1x": f"{row['peak MB'] / base['peak MB']:.1f}x",
+        }
+        for row in rows
+    )
+    print(table.to_string(index=False))
 
 
 def main() -> None:
-    """Run every way on the same work and print the table and the speed-up."""
+    """Run every way on the same work, then the scaling runs; print the tables and the speed-up."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a reduced run, under a minute")
+    parser.add_argument("--quick", action="store_true", help="a reduced run, about two minutes")
     parser.add_argument("--data", help="the SMS Spam Collection file or zip")
-    parser.add_argument("--precision", default="auto", help="of the mixed-precision fast run")
+    parser.add_argument("--no-scaling", action="store_true", help="skip the scaling table")
     args = parser.parse_args()
 
-    settings = TrainSettings()  # the chapter's
+    chapter = TrainSettings()  # the chapter's
+    scale = 1.0
     if args.quick:
-        settings = TrainSettings(num_epochs=2, eval_freq=3, eval_iter=2)
+        chapter = TrainSettings(num_epochs=2, eval_freq=3, eval_iter=2)
+        scale = 0.05
     device = choose_device()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FallbackWarning)  # reported in the header instead
+        startup = startup_seconds()
+        start = time.perf_counter()
         data_file = args.data or os.environ.get("GPTCLASSIFIER_SMS_FILE")
-        labeled = (
-            load_data(data_file, parsing="book", profile="book")
-            if data_file
-            else practice_like_real(settings.seed)
+        if data_file and not args.quick:
+            labeled = load_data(data_file, parsing="book", profile="book")
+        else:
+            labeled = practice_like_real(chapter.seed, scale)
+        startup += time.perf_counter() - start
+
+        ways = {
+            "the chapter's loop": replace(chapter, loop="chapter"),
+            "exact, float32": chapter,
+        }
+        if choose_precision(device, "auto") == "bfloat16":
+            ways["exact, bfloat16"] = replace(chapter, precision="bfloat16")
+        ways["fast (--fast)"] = replace(chapter, **FASTEST)
+
+        weights = "pretrained" if weights_path("gpt2-small").is_file() else "random (offline)"
+        print(
+            f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+            f"torch {torch.__version__}, {torch.get_num_threads()} threads, {device}"
         )
-        base = load_base_model("gpt2-small", settings.seed)
-    splits = prepare_splits(labeled, seed=settings.seed)
-    if args.quick:
-        splits = shrink(splits, train=40, other=16)
+        print(
+            f"data: {labeled.provenance.source}, {len(labeled.frame):,} messages; GPT-2 small "
+            f"weights: {weights}; {chapter.num_epochs} epoch(s), batch {chapter.batch_size}"
+        )
+        fp32, bf16 = (matmul_gflops(dtype, device) for dtype in (torch.float32, torch.bfloat16))
+        print(
+            f"plain matmul, (4096 x 768) by (768 x 3072): {fp32:.0f} GFLOP/s float32, "
+            f"{bf16:.0f} GFLOP/s bfloat16"
+        )
+        rows = {}
+        with tempfile.TemporaryDirectory() as folder:
+            for name, settings in ways.items():
+                rows[name] = run(labeled, settings, startup, Path(folder))
+                print(f"  done: {name} in {rows[name]['total']:.1f} s", flush=True)
+            print_ways(rows)
+            exact = rows["exact, float32"]["cache GFLOP/s"]
+            print(f"exact float32 cache pass: {exact / fp32:.0%} of the plain float32 matmul")
 
-    ways = [
-        Way("chapter", "chapter", "last", "float32"),
-        Way("fast, last token", "fast", "last", "float32"),
-        Way("fast", "fast", "flexible", "float32"),
-    ]
-    mixed = choose_precision(device, args.precision)
-    if mixed != "float32":
-        ways.append(Way("fast", "fast", "flexible", mixed))
+            if not args.no_scaling:
+                fast = replace(ways["fast (--fast)"], num_epochs=1)
+                scaled = [
+                    (f"{factor}x", fast, practice_like_real(chapter.seed, factor * scale))
+                    for factor in SCALES
+                ]
+                scaled.append(("gpt2-medium, 1x", replace(fast, model="gpt2-medium"), scaled[0][2]))
+                print("scaling: the fast way, 1 epoch, practice messages")
+                results = []
+                for name, settings, data in scaled:
+                    results.append({"run": name, **run(data, settings, startup, Path(folder))})
+                    print(f"  done: {name} in {results[-1]['total']:.1f} s", flush=True)
+                print_scaling(results)
 
-    sizes = " / ".join(f"{len(frame):,}" for frame in splits.values())
-    print(
-        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {device}"
-    )
-    print(
-        f"data: {labeled.provenance.source}, {sizes} messages; weights: "
-        f"{base.provenance['source']}; {settings.num_epochs} epoch(s), batch {settings.batch_size}"
-    )
-    rows = []
-    for way in ways:
-        rows.append(run(way, base, splits, settings, device))
-        print(f"  done: {way.name} {way.precision} in {rows[-1]['wall s']:.1f} s", flush=True)
-    formats = {
-        "wall s": "{:.1f}",
-        "train msg/s": "{:.1f}",
-        "peak MB": "{:.0f}",
-        "val acc": "{:.2%}",
-        "test acc": "{:.2%}",
-        "classify msg/s": "{:.1f}",
-    }
-    formatters = {column: template.format for column, template in formats.items()}
-    print(pd.DataFrame(rows).to_string(index=False, formatters=formatters))
-    chapter = rows[0]["wall s"]
-    print(f"speedup with the chapter's last token: {chapter / rows[1]['wall s']:.1f}x")
-    if len(rows) > 3:
-        print(f"speedup with {rows[3]['precision']}: {chapter / rows[3]['wall s']:.1f}x")
-    print(f"speedup: {chapter / rows[2]['wall s']:.1f}x")
+    total = rows["the chapter's loop"]["total"]
+    for name, row in rows.items():
+        if name != "the chapter's loop":
+            print(f"{name}: {total / row['total']:.1f}x the chapter's way")
+    print(f"speedup: {total / rows['fast (--fast)']['total']:.1f}x")
 
 
 if __name__ == "__main__":

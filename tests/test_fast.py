@@ -26,6 +26,7 @@ from gptclassifier.fast import (
     cache_storage,
     choose_precision,
     frozen_blocks,
+    has_fused_adamw,
     speed_up,
 )
 from gptclassifier.finetune import add_classification_head, set_trainable
@@ -61,11 +62,11 @@ def exact_classifier(strategy="last_block"):
     return classifier(strategy).double()
 
 
-def train(datasets, model, runner, pooling="last", trim=False):
+def train(datasets, model, runner, pooling="last", trim=False, fused=False):
     """Train `runner` (the model or a wrapper of it) with the smoke settings; return history."""
     loaders = create_data_loaders(datasets, batch_size=8, trim=trim)
     torch.manual_seed(123)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1, fused=fused)
     return train_classifier(
         runner, loaders["train"], loaders["validation"], optimizer, "cpu",
         pooling=pooling, progress=False, **SMOKE,
@@ -102,6 +103,15 @@ def test_flexible_pooling_with_trimmed_padding_gives_the_same_training(datasets)
     fast = speed_up(model, "flexible", "float64", datasets=datasets.values())
     assert isinstance(fast, FrozenPrefixCache)
     history = train(datasets, model, fast, pooling="flexible", trim=True)
+    assert_same_training(history, expected, model, plain)
+
+
+def test_the_fused_adamw_trains_as_the_chapters(datasets):
+    assert has_fused_adamw(torch.device("cpu"))
+    plain = exact_classifier()
+    expected = train(datasets, plain, plain)
+    model = exact_classifier()
+    history = train(datasets, model, FrozenPrefixCache(model, "last"), fused=True)
     assert_same_training(history, expected, model, plain)
 
 
@@ -188,12 +198,29 @@ def test_flexible_pooling_keeps_only_the_real_tokens_states(datasets):
 def test_fill_precomputes_every_message(datasets):
     model = classifier()
     cached = FrozenPrefixCache(model, "flexible")
-    cached.fill(torch.tensor(datasets["train"].encoded_texts), batch_size=16)
+    cached.fill(torch.tensor(datasets["train"].encoded_texts), tokens_per_batch=256)
     rows = torch.tensor(datasets["train"].encoded_texts[:8])
     calls = []
     cached._run_prefix = lambda in_idx: calls.append(in_idx) or None
     cached(rows)
     assert calls == []  # everything came from the cache
+
+
+@pytest.mark.parametrize("pooling", ["last", "flexible"])
+def test_fill_batches_hold_a_token_budget_longest_first(datasets, pooling):
+    cached = FrozenPrefixCache(exact_classifier(), pooling)
+    shapes, run_prefix = [], cached._run_prefix
+    cached._run_prefix = lambda in_idx: shapes.append(tuple(in_idx.shape)) or run_prefix(in_idx)
+    rows = torch.tensor(datasets["train"].encoded_texts)
+    cached.fill(rows, tokens_per_batch=100)
+    assert sum(count for count, _ in shapes) == len({row.numpy().tobytes() for row in rows})
+    assert all(count * width <= 100 or count == 1 for count, width in shapes)
+    widths = [width for _, width in shapes]
+    assert widths == sorted(widths, reverse=True) and len(shapes) > 2
+    if pooling == "last":
+        assert set(widths) == {rows.shape[1]}
+    lazy = FrozenPrefixCache(exact_classifier(), pooling)
+    assert_close(cached(rows[:16]), lazy(rows[:16]))
 
 
 def test_a_batch_crosses_between_host_and_device_once(datasets, monkeypatch):

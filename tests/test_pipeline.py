@@ -78,6 +78,16 @@ def test_the_log_follows_the_chapter(smoke_run):
     assert sum(line.startswith("Training accuracy: ") for line in lines) == 5
 
 
+def test_the_run_times_each_phase(smoke_run):
+    result, _ = smoke_run
+    seconds = result.phases.seconds
+    phases = ["model", "tokenizing", "cache pass", "training", "evaluation", "saving"]
+    assert list(seconds) == phases
+    assert all(value > 0 for value in seconds.values())
+    assert result.history.seconds <= seconds["training"]
+    assert result.phases.summary().startswith(f"model {seconds['model']:.1f} s, tokenizing ")
+
+
 class Stop(Exception):
     """Raised by a stand-in training loop once it has seen what it came for."""
 
@@ -88,9 +98,10 @@ def test_training_starts_from_the_seeded_global_generator(tmp_path, monkeypatch,
     # from it; nothing may draw in between (the cache's pass, the optimizer, a progress bar).
     seen = {}
 
-    def record(runner, train_loader, *args, **kwargs):
+    def record(runner, train_loader, val_loader, optimizer, *args, **kwargs):
         seen["state"] = torch.random.get_rng_state()
         seen["generator"] = train_loader.generator
+        seen["fused"] = optimizer.defaults["fused"]
         raise Stop
 
     monkeypatch.setattr("gptclassifier.pipeline.train_classifier", record)
@@ -100,6 +111,7 @@ def test_training_starts_from_the_seeded_global_generator(tmp_path, monkeypatch,
     torch.manual_seed(7)
     assert torch.equal(seen["state"], torch.random.get_rng_state())
     assert seen["generator"] is None  # no private generator: the global one shuffles
+    assert seen["fused"] == (loop == "fast")  # the chapter's loop keeps the chapter's AdamW
 
 
 def test_a_model_the_cache_cannot_serve_says_which_loop_runs(tmp_path):

