@@ -43,7 +43,7 @@ prepare: setup ## Write the chapter's train/validation/test CSVs to data/prepare
 train: setup ## Fine-tune GPT-2 small as the chapter does (TRAIN_ARGS=--fast: the fastest way)
 	$(BIN)/gptclassifier train --profile book --out $(RUN_DIR) $(TRAIN_ARGS)
 
-bench: setup ## Time the chapter's loop against the fast way (BENCH_ARGS=--quick: under a minute)
+bench: setup ## Time every phase of the chapter's way and the fast ways, and how cost scales (BENCH_ARGS=--quick: about two minutes)
 	$(BIN)/python benchmarks/finetune_speed.py $(BENCH_ARGS)
 
 test: setup ## Run the tests, and strict nbval on every notebook
