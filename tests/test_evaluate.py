@@ -354,6 +354,30 @@ def test_flexible_batch_gives_the_same_results_as_one_at_a_time(nano, tokenizer)
     assert [p.label for p in small_batches] == [p.label for p in batched]
 
 
+class WidthRecorder(torch.nn.Module):
+    """A model that records the width of every batch it is given."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.pos_emb, self.widths = model, model.pos_emb, []
+
+    def forward(self, batch):
+        self.widths.append(batch.shape[1])
+        return self.model(batch)
+
+
+def test_flexible_batches_group_similar_lengths_and_keep_the_order(nano, tokenizer):
+    texts = ["a much longer message than the others, " * 4, "ok", "see you", "hi " * 30, "yes"]
+    recording = WidthRecorder(nano)
+    options = {"pooling": "flexible", "classes": ("ham", "spam")}
+    batched = classify_texts(texts, recording, tokenizer, CPU, batch_size=2, **options)
+    lengths = sorted(len(tokenizer.encode(text)) for text in texts)
+    assert recording.widths == [lengths[1], lengths[3], lengths[4]]  # each pair's longer one
+    single = [classify_text(text, nano, tokenizer, CPU, **options) for text in texts]
+    for together, alone in zip(batched, single, strict=True):
+        assert together.probability == pytest.approx(alone.probability, abs=1e-5)
+
+
 def test_probabilities_are_the_softmax_of_the_pooled_logits(nano, tokenizer):
     text = "Free entry in 2 a wkly comp to win FA Cup final tkts"
     prediction = classify_text(text, nano, tokenizer, CPU, pooling="flexible", classes=("a", "b"))

@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from gptclassifier.dataset import SpamDataset, evaluation_loader
 from gptclassifier.errors import DataError
@@ -169,18 +168,23 @@ def classify_texts(
                 f"a message of {len(ids)} tokens is cut to the first {limit}", stacklevel=2
             )
         encoded.append(ids[:limit])
-    predictions = []
+    trimmed = pooling == "flexible" or max_length is None
+    order = list(range(len(encoded)))
+    if trimmed:  # each batch is padded to its longest message: batch similar lengths together
+        order.sort(key=lambda i: len(encoded[i]))
+    predictions: list[Prediction | None] = [None] * len(encoded)
     for start in range(0, len(encoded), batch_size):
-        chunk = encoded[start : start + batch_size]
-        length = max(map(len, chunk)) if pooling == "flexible" or max_length is None else limit
+        rows = order[start : start + batch_size]
+        chunk = [encoded[i] for i in rows]
+        length = max(map(len, chunk)) if trimmed else limit
         batch = torch.tensor([ids + [pad_token_id] * (length - len(ids)) for ids in chunk])
         with evaluating(model):
             logits = classifier_logits(model, batch.to(device), pooling, pad_token_id)
         probabilities = torch.softmax(logits.float(), dim=-1).cpu()
-        predictions += [
-            Prediction(classes[index], probabilities[row, index].item())
-            for row, index in enumerate(probabilities.argmax(dim=-1).tolist())
-        ]
+        for offset, index in enumerate(probabilities.argmax(dim=-1).tolist()):
+            predictions[rows[offset]] = Prediction(
+                classes[index], probabilities[offset, index].item()
+            )
     return predictions
 
 
@@ -210,23 +214,30 @@ def load_classifier(run_dir: Path) -> tuple[nn.Module, dict, torch.device]:
     return runner, config, device
 
 
-def _split_loader(run_dir: Path, split: str, config: dict) -> tuple[pd.DataFrame, DataLoader, str]:
-    """Return a run's saved split, a loader batched as its training evaluated, and the pooling."""
+def _load_on_split(run_dir: Path, split: str):
+    """Return a run's model wrapped as training computed, on a split it has already seen.
+
+    Also returns the configuration, the device, the split's frame and a loader batched as
+    training evaluated. The frozen blocks run over the split ahead, in batches of similar
+    length, as training's cache did.
+    """
+    device = choose_device()
+    model, config = load_run(run_dir, device)
     split_file = Path(run_dir) / "data" / f"{split}.csv"
     if not split_file.is_file():
         raise DataError(f"{split_file}: the run has no {split} split")
     frame = pd.read_csv(split_file, keep_default_na=False)
     dataset = SpamDataset(frame, get_tokenizer(), config["max_length"])
     settings = TrainSettings(**config["training"])
+    runner = classifier_runner(model, settings, config["precision"], [dataset])
     loader = evaluation_loader(dataset, settings.batch_size, settings.trims_padding)
-    return frame, loader, settings.pooling
+    return runner, config, device, frame, loader
 
 
 def evaluate_run(run_dir: Path, split: str = "test") -> dict:
     """Return the metrics of a saved run on one of its splits, computed as training did."""
-    runner, config, device = load_classifier(run_dir)
-    _, loader, pooling = _split_loader(run_dir, split, config)
-    counts = confusion_matrix(runner, loader, device, len(config["classes"]), pooling)
+    runner, config, device, _, loader = _load_on_split(run_dir, split)
+    counts = confusion_matrix(runner, loader, device, len(config["classes"]), config["pooling"])
     return classification_metrics(counts)
 
 
@@ -235,9 +246,8 @@ def split_predictions(run_dir: Path, split: str = "test") -> pd.DataFrame:
 
     The probabilities are computed as training computed them (see load_classifier).
     """
-    runner, config, device = load_classifier(run_dir)
-    frame, loader, pooling = _split_loader(run_dir, split, config)
-    probabilities, targets = class_probabilities(runner, loader, device, pooling)
+    runner, config, device, frame, loader = _load_on_split(run_dir, split)
+    probabilities, targets = class_probabilities(runner, loader, device, config["pooling"])
     classes = config["classes"]
     table = pd.DataFrame(
         {
