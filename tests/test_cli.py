@@ -378,3 +378,9 @@ def test_a_folder_the_system_refuses_exits_1_in_one_line(tmp_path, capsys):
     assert main(["prepare", "--profile", "smoke", "--out", str(out)]) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"gptclassifier: error: {out}") and err.count("\n") == 1
+
+
+def test_commands_that_draw_nothing_do_not_import_matplotlib():
+    check = "import sys, gptclassifier.cli; print('matplotlib' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True)
+    assert result.stdout.strip() == "False", result.stderr

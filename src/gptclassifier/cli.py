@@ -13,7 +13,6 @@ from gptclassifier.errors import DataError, FallbackWarning, GptClassifierError
 from gptclassifier.evaluate import classify_with_run, evaluate_run
 from gptclassifier.finetune import TRAINABLE_STRATEGIES
 from gptclassifier.model import GPT_SIZES
-from gptclassifier.pipeline import fine_tune
 from gptclassifier.prepare import SPLIT_NAMES, count_labels, prepare_splits, write_splits
 from gptclassifier.profiles import FASTEST, PROFILES, train_settings
 from gptclassifier.runs import ensure_run_dir_free
@@ -123,6 +122,9 @@ def run_train(args: argparse.Namespace) -> None:
     if args.fast:
         overrides |= {name: value for name, value in FASTEST.items() if overrides[name] is None}
     settings = train_settings(args.profile, **overrides)
+    # Imported here: only training draws plots, and matplotlib takes half a second to import.
+    from gptclassifier.pipeline import fine_tune
+
     data = load_data(args.data, settings.parsing, args.profile, args.text_column, args.label_column)
     result = fine_tune(
         data, settings, args.out, args.profile, args.force, not args.no_progress, log=tqdm.write
