@@ -22,6 +22,7 @@ from gptclassifier.flops import (
     count_flops,
     flop_unit,
     flops_by_way,
+    one_position_block_flops,
     plot_flops,
 )
 from gptclassifier.model import GPTModel, TransformerBlock, model_config
@@ -106,20 +107,24 @@ def test_the_frozen_blocks_are_counted_where_torch_counts_them():
         model(inputs)
     per_module = counter.get_flop_counts()
     for name in ("GPTModel.trf_blocks.0", "GPTModel.trf_blocks.2"):
-        assert sum(per_module[name].values()) == 4 * block_flops(CFG["emb_dim"], WIDTH, WIDTH)
+        assert sum(per_module[name].values()) == 4 * block_flops(CFG["emb_dim"], WIDTH)
     assert sum(per_module["GPTModel.out_head"].values()) == 4 * WIDTH * 2 * CFG["emb_dim"] * 2
 
 
-@pytest.mark.parametrize("queries", [1, 6])
-def test_block_flops_matches_torchs_count_of_one_block(queries):
+def test_block_flops_match_torchs_count_of_one_block_and_of_one_position():
     torch.manual_seed(0)
     block, x = TransformerBlock(CFG), torch.randn(3, 6, CFG["emb_dim"])
-    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
-        if queries == 1:
-            block_at_positions(block, x, torch.tensor([5, 2, 0]))
-        else:
-            block(x)
-    assert counter.get_total_flops() == 3 * block_flops(CFG["emb_dim"], 6, queries)
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as whole:
+        block(x)
+    with FlopCounterMode(display=False) as one:
+        block_at_positions(block, x, torch.tensor([5, 2, 0]))
+    dim, heads = CFG["emb_dim"], CFG["n_heads"]
+    assert whole.get_total_flops() == 3 * block_flops(dim, 6)
+    assert one.get_total_flops() == 3 * one_position_block_flops(dim, 6, heads)
+    # GPT-2 small at 120 tokens, by hand: 120 x (24 x 768^2 + 4 x 120 x 768), and once
+    # 24 x 768^2 plus 4 x 12 heads x 120 x 768: one position costs 1/94 of the whole block.
+    assert block_flops(768, 120) == 1_742_929_920
+    assert one_position_block_flops(768, 120, heads=12) == 18_579_456
 
 
 def test_batch_width_probabilities_match_every_possible_batch():

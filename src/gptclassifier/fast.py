@@ -4,6 +4,7 @@ Each speed-up wraps the model or the batches, so the training loop, the losses a
 evaluation stay exactly the chapter's.
 """
 
+import math
 import os
 import platform
 from pathlib import Path
@@ -84,10 +85,10 @@ class FrozenPrefixCache(nn.Module):
     on the tokens up to it, so a cached state is exact for any amount of padding; for
     `flexible` pooling only the real tokens' states are kept (an empty message keeps position
     0, which it is pooled at), and zeros stand in for padding that nothing reads. The states
-    stay on the model's device when they fit there, else on the host. The last block then
-    computes keys and values everywhere but its query, feed-forward, norm and head only at the
-    pooled position: the forward pass returns the pooled logits, one row per message, equal to
-    pooling the full model's output. The cache refuses to serve once the frozen part changed.
+    stay on the model's device when they fit there, else on the host. The last block, the
+    final norm and the head then run at the pooled position only (block_at_positions): the
+    forward pass returns the pooled logits, one row per message, equal to pooling the full
+    model's output. The cache refuses to serve once the frozen part changed.
     """
 
     def __init__(self, model: GPTModel, pooling="last", pad_token_id: int = PAD_TOKEN_ID):
@@ -224,20 +225,31 @@ def block_at_positions(
 ) -> torch.Tensor:
     """Return a transformer block's output at one position per row, as (batch, emb_dim).
 
-    Equal to `block(x)[rows, positions]`: the other positions serve only as keys and values.
+    Equal to `block(x)[rows, positions]`. With one query per row, no keys or values are
+    computed: a key is W_k n + b_k for a position's normalized input n, so the query's score
+    q . (W_k n + b_k) is (W_k^T q) . n + q . b_k, and the weighted sum of the values is W_v
+    times the weighted sum of the inputs, plus b_v. Per position that is a dot product per
+    head instead of two emb_dim x emb_dim products.
     """
     att = block.att
     batch, width, _ = x.shape
     rows = torch.arange(batch, device=x.device)
 
-    def heads(states: torch.Tensor) -> torch.Tensor:
-        return states.view(batch, -1, att.num_heads, att.head_dim).transpose(1, 2)
+    def per_head(weight: torch.Tensor) -> torch.Tensor:  # (d_out, d_in) -> (heads, head_dim, d_in)
+        return weight.view(att.num_heads, att.head_dim, -1)
 
-    normed = block.norm1(x)
-    query = heads(att.W_query(normed[rows, positions]))
-    keys, values = heads(att.W_key(normed)), heads(att.W_value(normed))
-    visible = torch.arange(width, device=x.device) <= positions[:, None]  # the causal mask
-    context = F.scaled_dot_product_attention(query, keys, values, attn_mask=visible[:, None, None])
+    normed = block.norm1(x)  # (batch, width, d_in)
+    query = att.W_query(normed[rows, positions]).view(batch, att.num_heads, att.head_dim)
+    folded = torch.einsum("bhk,hki->bhi", query, per_head(att.W_key.weight))
+    scores = folded @ normed.transpose(1, 2)  # (batch, heads, width)
+    if att.W_key.bias is not None:  # the same for every position: softmax cancels it
+        scores = scores + (query * att.W_key.bias.view_as(query[0])).sum(-1, keepdim=True)
+    hidden = torch.arange(width, device=x.device) > positions[:, None]  # the causal mask
+    scores = (scores / math.sqrt(att.head_dim)).masked_fill(hidden[:, None], float("-inf"))
+    mixed = torch.softmax(scores, dim=-1) @ normed  # (batch, heads, d_in)
+    context = torch.einsum("bhi,hki->bhk", mixed, per_head(att.W_value.weight))
+    if att.W_value.bias is not None:  # the weights sum to 1
+        context = context + att.W_value.bias.view_as(context[0])
     shortcut = x[rows, positions] + att.out_proj(context.reshape(batch, att.d_out))
     return shortcut + block.ff(block.norm2(shortcut))
 

@@ -102,15 +102,23 @@ def batch_width_probabilities(lengths, batch_size: int) -> dict[int, float]:
     return dict(probabilities)
 
 
-def block_flops(emb_dim: int, width: int, queries: int) -> int:
+def block_flops(emb_dim: int, width: int) -> int:
     """Return one transformer block's forward FLOPs for one message of `width` tokens.
 
-    Keys and values are computed at every position; the query, the attention's output, its
-    projection and the feed-forward (4 x emb_dim wide) at `queries` positions only.
+    At every position: the query, key, value and output projections and the feed-forward
+    (4 x emb_dim wide), 24 emb_dim^2 in all, and attention over the `width` positions.
     """
-    keys_values = 2 * width * emb_dim * emb_dim
-    per_query = 10 * emb_dim * emb_dim + 2 * width * emb_dim  # W_query, out_proj, ff; attention
-    return 2 * (keys_values + queries * per_query)
+    return width * (24 * emb_dim * emb_dim + 4 * width * emb_dim)
+
+
+def one_position_block_flops(emb_dim: int, width: int, heads: int) -> int:
+    """Return the FLOPs of a block's output at one position of a message (block_at_positions).
+
+    The projections and the feed-forward run once, the query folded into the key weights and
+    the value weights applied to the mixed inputs (24 emb_dim^2); each head scores and mixes
+    every position's input.
+    """
+    return 24 * emb_dim * emb_dim + 4 * heads * width * emb_dim
 
 
 def count_flops(
@@ -136,8 +144,11 @@ def count_flops(
     for messages, widths, training in workload.passes(trim):
         for width, probability in widths.items():
             count, queries = messages * probability, 1 if one_position else width
-            full_block = block_flops(dim, width, width)
-            trainable = (layers - num_frozen - 1) * full_block + block_flops(dim, width, queries)
+            full_block = block_flops(dim, width)
+            last_block = (
+                one_position_block_flops(dim, width, cfg["n_heads"]) if one_position else full_block
+            )
+            trainable = (layers - num_frozen - 1) * full_block + last_block
             head = 2 * queries * dim * num_classes
             if not cache:
                 phase = "training steps" if training else "evaluation"
@@ -149,7 +160,7 @@ def count_flops(
     if cache:
         distinct = workload.distinct_lengths
         widths = distinct if trim else (workload.pad_to,) * len(distinct)
-        once = sum(num_frozen * block_flops(dim, width, width) for width in widths)
+        once = sum(num_frozen * block_flops(dim, width) for width in widths)
         flops["frozen blocks, once per message"] = float(once)
     return flops
 
