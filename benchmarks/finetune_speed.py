@@ -110,6 +110,15 @@ def practice_like_real(seed: int, scale: float = 1) -> LabeledData:
     return LabeledData(frame, ("ham", "spam"), Provenance("practice", "(generated)", ""))
 
 
+def cpu_name() -> str:
+    """Return the CPU's model name as Linux reports it, else what Python knows."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
 def startup_seconds() -> float:
     """Return how long a fresh interpreter takes to import the command line."""
     start = time.perf_counter()
@@ -242,7 +251,7 @@ def main() -> None:
 
         weights = "pretrained" if weights_path("gpt2-small").is_file() else "random (offline)"
         print(
-            f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+            f"machine: {cpu_name()}, {os.cpu_count()} CPUs, "
             f"torch {torch.__version__}, {torch.get_num_threads()} threads, {device}"
         )
         print(

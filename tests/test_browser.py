@@ -127,7 +127,7 @@ def test_lesson_runs_in_jupyterlab(lab, lesson_page, name):
     )
     assert len(shown) == expected_images and all(width > 0 for width in shown)
     _assert_no_widget_errors(page, console)
-    _screenshot(page, name.removesuffix(".ipynb"))
+    _screenshot(page, name.removesuffix(".ipynb"), full_page=True)
 
     if name.startswith("07_"):
         assert len(plot_sources) >= 3, "the live view did not redraw its curves during training"
@@ -231,12 +231,7 @@ def _assert_no_widget_errors(page, console: list[str]) -> None:
         assert page.get_by_text(error).count() == 0, f"page: {error}"
 
 
-def _screenshot(target, name: str) -> None:
+def _screenshot(target, name: str, **options) -> None:
     """Keep a screenshot of a page or an element for inspection after the run."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    target.screenshot(path=str(SCREENSHOTS / f"{name}.png"), **_full_page(target))
-
-
-def _full_page(target) -> dict:
-    """Ask for the whole page when the target is a page, not an element."""
-    return {"full_page": True} if hasattr(target, "goto") else {}
+    target.screenshot(path=str(SCREENSHOTS / f"{name}.png"), **options)

@@ -42,11 +42,16 @@ def _data_source(profile: Profile) -> str:
     return "the SMS Spam Collection, downloaded from UCI on first use (practice set if offline)"
 
 
+def _pretrained_cached(model: str) -> bool:
+    """Tell whether the model's pretrained weights are in the cache."""
+    return model in HUB_CHECKPOINTS and weights_path(model).is_file()
+
+
 def _weights_source(model: str) -> str:
     """Describe where the model's weights will come from, without fetching anything."""
     if model not in HUB_CHECKPOINTS:
         return f"random initialisation ({model} has no pretrained weights)"
-    if weights_path(model).is_file():
+    if _pretrained_cached(model):
         return f"OpenAI's pretrained {model}, downloaded earlier (in the cache)"
     return f"OpenAI's pretrained {model}, from Hugging Face on first use (random if offline)"
 
@@ -76,9 +81,8 @@ def _is_current(config_file: Path, profile: Profile, data: LabeledData) -> bool:
         return False
     config = json.loads(config_file.read_text(encoding="utf-8"))
     provenance = config.get("provenance", {})
-    model = profile.training.model
     # Trained offline on random weights, a run is stale once the pretrained ones are cached.
-    random_weights_now = not (model in HUB_CHECKPOINTS and weights_path(model).is_file())
+    random_weights_now = not _pretrained_cached(profile.training.model)
     return (
         config.get("profile") == profile.name
         and config.get("training") == asdict(profile.training)
