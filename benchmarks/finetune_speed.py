@@ -143,10 +143,9 @@ def matmul_gflops(dtype: torch.dtype, device: torch.device) -> float:
     return 2 * 4096 * 768 * 3072 / seconds / 1e9
 
 
-def cache_flops(labeled: LabeledData, settings: TrainSettings) -> float:
+def cache_flops(splits: dict, settings: TrainSettings) -> float:
     """Return the FLOPs of the cache's one pass of the frozen blocks over every message."""
     cfg = model_config(settings.model)
-    splits = prepare_splits(labeled, seed=settings.seed)
     datasets = create_datasets(splits, get_tokenizer(), cfg["context_length"])
     workload = Workload.of(datasets, settings)
     flops = count_flops(
@@ -162,17 +161,18 @@ def run(labeled: LabeledData, settings: TrainSettings, startup: float, folder: P
         result = fine_tune(labeled, settings, Path(out) / "run", "book", progress=False)
     seconds = {"start-up": startup, **result.phases.seconds}
     cached = settings.loop == "fast"
+    splits = prepare_splits(labeled, seed=settings.seed)  # the split fine_tune made
     return {
         **seconds,
         "total": sum(seconds.values()),
         "peak MB": memory.megabytes,
         "cache GFLOP/s": (
-            cache_flops(labeled, settings) / seconds["cache pass"] / 1e9 if cached else None
+            cache_flops(splits, settings) / seconds["cache pass"] / 1e9 if cached else None
         ),
         "validation": result.metrics["validation"]["accuracy"],
         "test": result.metrics["test"]["accuracy"],
         "precision": result.config["precision"],
-        "training messages": len(prepare_splits(labeled, seed=settings.seed)["train"]),
+        "training messages": len(splits["train"]),
     }
 
 

@@ -210,8 +210,13 @@ def load_classifier(run_dir: Path) -> tuple[nn.Module, dict, torch.device]:
     """Return a saved run's model wrapped as its training computed, its configuration, device."""
     device = choose_device()
     model, config = load_run(run_dir, device)
-    runner = classifier_runner(model, TrainSettings(**config["training"]), config["precision"])
-    return runner, config, device
+    return _as_trained(model, config), config, device
+
+
+def _as_trained(model: nn.Module, config: dict, datasets=()) -> nn.Module:
+    """Wrap a saved run's model as its training computed; `datasets` fill the cache ahead."""
+    settings = TrainSettings(**config["training"])
+    return classifier_runner(model, settings, config["precision"], datasets)
 
 
 def _load_on_split(run_dir: Path, split: str):
@@ -229,9 +234,8 @@ def _load_on_split(run_dir: Path, split: str):
     frame = pd.read_csv(split_file, keep_default_na=False)
     dataset = SpamDataset(frame, get_tokenizer(), config["max_length"])
     settings = TrainSettings(**config["training"])
-    runner = classifier_runner(model, settings, config["precision"], [dataset])
     loader = evaluation_loader(dataset, settings.batch_size, settings.trims_padding)
-    return runner, config, device, frame, loader
+    return _as_trained(model, config, [dataset]), config, device, frame, loader
 
 
 def evaluate_run(run_dir: Path, split: str = "test") -> dict:
