@@ -223,6 +223,28 @@ def test_fill_batches_hold_a_token_budget_longest_first(datasets, pooling):
     assert_close(cached(rows[:16]), lazy(rows[:16]))
 
 
+@pytest.mark.parametrize("pooling", ["last", "flexible"])
+@pytest.mark.parametrize("bfloat16", [False, True])
+def test_fill_takes_the_budget_measured_for_its_padding_and_precision(pooling, bfloat16):
+    cached = FrozenPrefixCache(classifier(), pooling)
+    counts, run_prefix = [], cached._run_prefix
+    cached._run_prefix = lambda in_idx: counts.append(len(in_idx)) or run_prefix(in_idx)
+    rows = torch.randint(0, 50000, (40, 120))
+    with torch.autocast("cpu", torch.bfloat16, enabled=bfloat16):
+        cached.fill(rows)
+    padded_bfloat16 = bfloat16 and pooling == "last"
+    budget = fast.PADDED_BFLOAT16_TOKENS_PER_BATCH if padded_bfloat16 else fast.TOKENS_PER_BATCH
+    assert counts[0] == budget // 120
+
+
+def test_one_position_per_message_runs_in_float32_under_autocast(datasets):
+    cached = FrozenPrefixCache(classifier(), "last")
+    rows = torch.tensor(datasets["test"].encoded_texts[:8])
+    cached.fill(rows)  # float32 states, so everything after them is float32 too
+    with torch.no_grad():
+        assert torch.equal(Autocast(cached)(rows), cached(rows))
+
+
 def test_a_batch_crosses_between_host_and_device_once(datasets, monkeypatch):
     calls = {"cpu": 0, "to": 0}
     for name in calls:
