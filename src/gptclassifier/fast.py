@@ -162,7 +162,11 @@ class FrozenPrefixCache(nn.Module):
         bfloat16 = torch.is_autocast_enabled(device) and (
             torch.get_autocast_dtype(device) == torch.bfloat16
         )
-        return PADDED_BFLOAT16_TOKENS_PER_BATCH if bfloat16 and self.exact_padding else TOKENS_PER_BATCH
+        return (
+            PADDED_BFLOAT16_TOKENS_PER_BATCH
+            if bfloat16 and self.exact_padding
+            else TOKENS_PER_BATCH
+        )
 
     def _bytes_for(self, rows: torch.Tensor) -> int:
         """Return the memory that the states of `rows` take once cached."""
