@@ -49,7 +49,7 @@ from gptclassifier.prepare import prepare_splits
 from gptclassifier.profiles import FASTEST, TrainSettings
 from gptclassifier.tokenizer import get_tokenizer
 from gptclassifier.train import choose_device
-from gptclassifier.weights import weights_path
+from gptclassifier.weights import cached_gpt2
 
 LONGEST_MESSAGE = 120  # tokens: the real data's longest training message
 REAL_SPAM = 747  # spam messages in the real data: balancing keeps as many ham
@@ -249,7 +249,7 @@ def main() -> None:
             ways["exact, bfloat16"] = replace(chapter, precision="bfloat16")
         ways["fast (--fast)"] = replace(chapter, **FASTEST)
 
-        weights = "pretrained" if weights_path("gpt2-small").is_file() else "random (offline)"
+        weights = "pretrained" if cached_gpt2("gpt2-small") else "random (offline)"
         print(
             f"machine: {cpu_name()}, {os.cpu_count()} CPUs, "
             f"torch {torch.__version__}, {torch.get_num_threads()} threads, {device}"

@@ -3,6 +3,7 @@
 import ipaddress
 import os
 import socket
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -13,6 +14,11 @@ import hypothesis
 import pytest
 
 REAL_SMS_VARIABLE = "GPTCLASSIFIER_TEST_SMS_FILE"
+# The Hugging Face client reads its settings once, when first imported: the tests start from
+# an empty cache of their own, online, at the real endpoint, whatever the user's shell says.
+for _name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_ENDPOINT", "HF_HUB_CACHE"):
+    os.environ.pop(_name, None)
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="gptclassifier-tests-hf-")
 
 # Property tests write files and run small models: on a busy CI machine an example may take
 # longer than hypothesis's default 200 ms, which says nothing about correctness.
@@ -51,8 +57,12 @@ def no_internet(monkeypatch):
 
 @pytest.fixture(autouse=True)
 def isolated_settings(tmp_path, monkeypatch):
-    """Give every test its own empty cache and none of the user's gptclassifier settings."""
+    """Give every test its own empty caches and none of the user's gptclassifier settings."""
+    from huggingface_hub import constants
+
     monkeypatch.setenv("GPTCLASSIFIER_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
     for name in ("GPTCLASSIFIER_PROFILE", "GPTCLASSIFIER_SMS_FILE", "GPTCLASSIFIER_STRICT"):
         monkeypatch.delenv(name, raising=False)
 
@@ -82,6 +92,7 @@ class Route:
     delay: float = 0.0  # seconds before answering, to provoke timeouts
     declared_length: int | None = None  # a Content-Length other than the body's, to truncate
     pieces: int = 1  # send the body in this many pieces, `delay` apart, to slow the transfer
+    headers: dict[str, str] = field(default_factory=dict)  # sent with GET and HEAD answers
 
 
 @dataclass
@@ -90,7 +101,7 @@ class FileServer:
 
     base_url: str
     routes: dict[str, Route] = field(default_factory=dict)
-    requests: dict[str, int] = field(default_factory=dict)
+    requests: dict[str, int] = field(default_factory=dict)  # by path, HEAD ones as 'HEAD path'
 
     def url(self, path: str) -> str:
         """Return the full address of a path on this server."""
@@ -107,8 +118,15 @@ def file_server():
     """Start a local file server for one test, and stop it afterwards."""
 
     class Handler(BaseHTTPRequestHandler):
+        def do_HEAD(self):
+            self.answer(with_body=False)
+
         def do_GET(self):
-            server.requests[self.path] = server.requests.get(self.path, 0) + 1
+            self.answer(with_body=True)
+
+        def answer(self, with_body: bool):
+            key = self.path if with_body else f"HEAD {self.path}"
+            server.requests[key] = server.requests.get(key, 0) + 1
             route = server.routes.get(self.path, Route(b"not found", status=404))
             time.sleep(route.delay)
             length = route.declared_length if route.declared_length is not None else len(route.body)
@@ -117,8 +135,10 @@ def file_server():
                 self.send_response(route.status)
                 self.send_header("Content-Type", route.content_type)
                 self.send_header("Content-Length", str(length))
+                for name, value in route.headers.items():
+                    self.send_header(name, value)
                 self.end_headers()
-                for start in range(0, len(route.body), size):
+                for start in range(0, len(route.body) if with_body else 0, size):
                     if start:
                         self.wfile.flush()
                         time.sleep(route.delay)

@@ -216,13 +216,44 @@ def test_classify_prints_label_probability_and_text(trained_run, capsys, monkeyp
         (["classify", "--model", "{run}", "   "], "cannot classify an empty message"),
         (["classify", "--model", "{missing}", "hi"], "no such run directory"),
         (["evaluate", "--model", "{missing}"], "no such run directory"),
+        (["export", "{missing}", "--to", "{out}"], "no such run directory"),
+        (
+            ["export", "{run}", "--to", "{run}"],
+            "already exists: choose another --out or add --force",
+        ),
     ],
 )
 def test_run_commands_report_mistakes_in_one_line(trained_run, tmp_path, capsys, args, message):
-    paths = {"run": str(trained_run), "missing": str(tmp_path / "missing")}
+    paths = {
+        "run": str(trained_run),
+        "missing": str(tmp_path / "missing"),
+        "out": str(tmp_path / "out"),
+    }
     assert main([arg.format(**paths) for arg in args]) == 2
     err = capsys.readouterr().err
     assert err.startswith("gptclassifier: error: ") and message in err and err.count("\n") == 1
+
+
+def test_export_writes_a_run_that_needs_no_base(trained_run, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "standalone"
+    assert main(["export", str(trained_run), "--to", str(out)]) == 0
+    size = (out / "model.safetensors").stat().st_size
+    assert capsys.readouterr().out == (
+        f"exported {trained_run} to {out}: model.safetensors holds every parameter "
+        f"({size / 1e6:,.1f} MB)\n"
+    )
+    assert size > 4 * (trained_run / "model.safetensors").stat().st_size
+    kept = sorted(path.name for path in trained_run.iterdir())
+    assert sorted(path.name for path in out.iterdir()) == kept
+    assert json.loads((out / "config.json").read_text())["saved_parameters"] == "all"
+    assert main(["classify", "--model", str(trained_run), "WIN a prize now!"]) == 0
+    original = capsys.readouterr().out
+    # Without its base model at hand the run itself cannot load, and the export still does.
+    monkeypatch.setattr("gptclassifier.runs.rebuild_base_model", lambda *args: 1 / 0)
+    assert main(["classify", "--model", str(out), "WIN a prize now!"]) == 0
+    assert capsys.readouterr().out == original
+    with pytest.raises(ZeroDivisionError):
+        main(["classify", "--model", str(trained_run), "WIN a prize now!"])
 
 
 def test_train_is_the_chapter_by_default_and_the_fastest_way_on_request(tmp_path, capsys):

@@ -8,7 +8,7 @@ import pytest
 from gptclassifier.course import describe_sources, fine_tuned_run, show_source, start_lesson
 from gptclassifier.data import create_balanced_dataset, sms_cache_path
 from gptclassifier.dataset import SpamDataset
-from gptclassifier.weights import weights_path
+from gptclassifier.weights import HUB_CHECKPOINTS
 
 
 def test_smoke_profile_says_practice_data_and_random_weights():
@@ -24,12 +24,19 @@ def test_book_profile_says_what_it_will_fetch_and_what_it_has(tmp_path, monkeypa
     assert before[1].endswith("downloaded from UCI on first use (practice set if offline)")
     assert before[2].endswith("from Hugging Face on first use (random if offline)")
 
-    for path in (sms_cache_path(), weights_path("gpt2-small")):
+    small = HUB_CHECKPOINTS["gpt2-small"]
+    in_hub_cache = (
+        tmp_path / "hf" / "hub" / f"models--{small.repo.replace('/', '--')}" / "snapshots"
+        / small.revision / "model.safetensors"
+    )  # fmt: skip
+    for path in (sms_cache_path(), in_hub_cache):
         path.parent.mkdir(parents=True)
         path.write_bytes(b"")
     after = describe_sources("book").splitlines()
     assert after[1] == "data:    the SMS Spam Collection, downloaded earlier (in the cache)"
-    assert after[2] == "weights: OpenAI's pretrained gpt2-small, downloaded earlier (in the cache)"
+    assert after[2] == (
+        "weights: OpenAI's pretrained gpt2-small, downloaded earlier (in the Hugging Face cache)"
+    )
 
     monkeypatch.setenv("GPTCLASSIFIER_SMS_FILE", str(tmp_path / "mine.zip"))
     assert "your copy" in describe_sources("book").splitlines()[1]
@@ -57,7 +64,11 @@ def test_fine_tuned_run_is_trained_once_and_then_reused(tmp_path):
 
 @pytest.mark.parametrize(
     ("part", "stale"),
-    [("data", {"source": "practice", "sha256": "0" * 64}), ("weights", {"source": "pretrained"})],
+    [
+        ("data", {"source": "practice", "sha256": "0" * 64}),
+        ("weights", {"source": "pretrained"}),
+        ("weights", {"source": "random", "seed": 123}),  # saved before runs named their base
+    ],
 )
 def test_fine_tuned_run_is_retrained_on_other_data_or_weights(tmp_path, part, stale):
     run = fine_tuned_run("smoke", tmp_path / "run")

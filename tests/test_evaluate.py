@@ -264,7 +264,7 @@ def saved_run(tmp_path, nano):
         "pooling": "last",
         "precision": "float32",
     }
-    save_model(tmp_path, nano, config)
+    save_model(tmp_path, nano, config, everything=True)  # no base model to rebuild
     texts = ["WIN cash now!!", "see you at 6", "Txt STOP to end", "ok", "Free prize, call"]
     (tmp_path / "data").mkdir()
     frame = pd.DataFrame({"Label": [1, 0, 1, 0, 1], "Text": texts})

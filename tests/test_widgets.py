@@ -51,6 +51,7 @@ def test_the_widget_reads_a_run_directory(classifier, tmp_path):
     save_model(
         tmp_path, classifier,
         config | {"max_length": 16, "pooling": "flexible", "precision": "bfloat16"},
+        everything=True,  # no base model to rebuild: every parameter is saved
     )  # fmt: skip
     widget = ClassifierWidget.from_run(tmp_path)
     assert isinstance(widget.model, Autocast)  # as the run was trained: bfloat16

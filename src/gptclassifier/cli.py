@@ -11,11 +11,12 @@ from gptclassifier import __version__
 from gptclassifier.data import PARSINGS, load_data
 from gptclassifier.errors import DataError, FallbackWarning, GptClassifierError
 from gptclassifier.evaluate import classify_with_run, evaluate_run
+from gptclassifier.export import FORMATS, export_run, export_transformers
 from gptclassifier.finetune import TRAINABLE_STRATEGIES
 from gptclassifier.model import GPT_SIZES
 from gptclassifier.prepare import SPLIT_NAMES, count_labels, prepare_splits, write_splits
 from gptclassifier.profiles import FASTEST, PROFILES, train_settings
-from gptclassifier.runs import ensure_run_dir_free
+from gptclassifier.runs import MODEL_FILE, ensure_run_dir_free
 from gptclassifier.train import POOLINGS
 
 
@@ -93,6 +94,19 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument("--model", type=Path, required=True, help="run directory")
     classify.add_argument("texts", nargs="+", metavar="TEXT", help="messages; - reads stdin")
     classify.set_defaults(handler=run_classify)
+
+    export = commands.add_parser(
+        "export", help="write a run with every parameter, as a run folder or for transformers"
+    )
+    export.add_argument("run", type=Path, metavar="RUN", help="run directory")
+    export.add_argument("--to", dest="out", type=Path, required=True, help="folder to create")
+    export.add_argument(
+        "--format", choices=FORMATS, default="run",
+        help="run: a run folder that needs no base model (default); transformers: a folder "
+        "that GPT2ForSequenceClassification.from_pretrained and pipeline() load",
+    )  # fmt: skip
+    export.add_argument("--force", action="store_true", help="replace an existing folder")
+    export.set_defaults(handler=run_export)
     return parser
 
 
@@ -161,6 +175,15 @@ def run_classify(args: argparse.Namespace) -> None:
             raise DataError("no messages on standard input")
     for text, prediction in zip(texts, classify_with_run(args.model, texts), strict=True):
         print(f"{prediction.label}\t{prediction.probability:.4f}\t{text}")
+
+
+def run_export(args: argparse.Namespace) -> None:
+    """Write a standalone copy of a run, in the chosen format, and say how big its weights are."""
+    ensure_run_dir_free(args.out, args.force)
+    export = export_transformers if args.format == "transformers" else export_run
+    out = export(args.run, args.out, args.force)
+    size = (out / MODEL_FILE).stat().st_size / 1e6
+    print(f"exported {args.run} to {out}: {MODEL_FILE} holds every parameter ({size:,.1f} MB)")
 
 
 def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -11,7 +11,7 @@ from IPython.display import Code
 from gptclassifier.data import SMS_FILE_VARIABLE, LabeledData, load_data, sms_cache_path
 from gptclassifier.pipeline import fine_tune
 from gptclassifier.profiles import Profile, get_profile
-from gptclassifier.weights import HUB_CHECKPOINTS, weights_path
+from gptclassifier.weights import HUB_CHECKPOINTS, cached_gpt2
 
 PROFILE_PURPOSES = {
     "book": "the chapter's data, model and settings",
@@ -43,8 +43,8 @@ def _data_source(profile: Profile) -> str:
 
 
 def _pretrained_cached(model: str) -> bool:
-    """Tell whether the model's pretrained weights are in the cache."""
-    return model in HUB_CHECKPOINTS and weights_path(model).is_file()
+    """Tell whether the model's pretrained weights are in the Hugging Face cache."""
+    return cached_gpt2(model) is not None
 
 
 def _weights_source(model: str) -> str:
@@ -52,7 +52,7 @@ def _weights_source(model: str) -> str:
     if model not in HUB_CHECKPOINTS:
         return f"random initialisation ({model} has no pretrained weights)"
     if _pretrained_cached(model):
-        return f"OpenAI's pretrained {model}, downloaded earlier (in the cache)"
+        return f"OpenAI's pretrained {model}, downloaded earlier (in the Hugging Face cache)"
     return f"OpenAI's pretrained {model}, from Hugging Face on first use (random if offline)"
 
 
@@ -88,6 +88,7 @@ def _is_current(config_file: Path, profile: Profile, data: LabeledData) -> bool:
         and config.get("training") == asdict(profile.training)
         and provenance.get("data", {}).get("sha256") == data.provenance.sha256
         and (provenance.get("weights", {}).get("source") == "random") == random_weights_now
+        and "digest" in provenance.get("weights", {})  # runs from before it held every weight
     )
 
 

@@ -1,4 +1,4 @@
-"""Run directories: a fine-tuned model as safetensors plus JSON, written whole or not at all."""
+"""Run folders: what fine-tuning changed, as safetensors and JSON, written whole or not at all."""
 
 import contextlib
 import json
@@ -11,13 +11,16 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from gptclassifier.errors import DataError, GptClassifierError
+from gptclassifier.errors import DataError, DownloadError, GptClassifierError
 from gptclassifier.fast import parameter_dtype
 from gptclassifier.finetune import add_classification_head, set_trainable
 from gptclassifier.model import GPTModel
+from gptclassifier.weights import base_digest, rebuild_base_model
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+# What a run's model.safetensors holds (config.json's "saved_parameters"; runs without it: all).
+SAVED_TRAINED, SAVED_EVERYTHING = "trained", "all"
 
 
 def ensure_run_dir_free(out_dir: Path, force: bool = False) -> None:
@@ -57,20 +60,32 @@ def write_json(path: Path, data: dict) -> None:
     Path(path).write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def save_model(run_dir: Path, model: GPTModel, config: dict) -> None:
-    """Save the weights as model.safetensors and the run's configuration as config.json."""
+def save_model(run_dir: Path, model: GPTModel, config: dict, everything: bool = False) -> None:
+    """Save what training changed as model.safetensors, and the configuration as config.json.
+
+    What training changed is the trainable parameters (the new head among them): loading
+    rebuilds the base model that config["provenance"]["weights"] names and checks it against
+    the digest recorded there. `everything` saves every parameter instead, a standalone model.
+    """
+    everything = everything or all(p.requires_grad for p in model.parameters())
+    if not everything and "digest" not in config.get("provenance", {}).get("weights", {}):
+        raise ValueError("saving only the trained parameters needs the base model's digest")
     state = {
-        name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()
+        name: parameter.detach().cpu().contiguous()
+        for name, parameter in model.named_parameters()
+        if everything or parameter.requires_grad
     }
     save_file(state, Path(run_dir) / MODEL_FILE, metadata={"format": "pt"})
-    write_json(Path(run_dir) / CONFIG_FILE, config)
+    saved = SAVED_EVERYTHING if everything else SAVED_TRAINED
+    write_json(Path(run_dir) / CONFIG_FILE, config | {"saved_parameters": saved})
 
 
 def load_run(run_dir: Path, device: torch.device | str = "cpu") -> tuple[GPTModel, dict]:
     """Return the fine-tuned model of a run directory, frozen as in training, and its configuration.
 
-    Checks that the files exist and that every tensor has the shape that the configuration and
-    the number of classes imply; never unpickles anything.
+    Checks that the files exist, that every tensor has the shape that the configuration and
+    the number of classes imply, and that the base model rebuilt for a run of trained
+    parameters is the one it was trained on; never unpickles anything.
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -80,11 +95,12 @@ def load_run(run_dir: Path, device: torch.device | str = "cpu") -> tuple[GPTMode
         raise DataError(f"{run_dir}: incomplete run, {' and '.join(missing)} missing")
     try:
         config = json.loads((run_dir / CONFIG_FILE).read_text(encoding="utf-8"))
-        model = GPTModel(config["model"])
+        everything = config.get("saved_parameters", SAVED_EVERYTHING) == SAVED_EVERYTHING
+        model = GPTModel(config["model"]) if everything else _base_of(run_dir, config)
         add_classification_head(model, len(config["classes"]))
         set_trainable(model, config["training"]["trainable"])
         model.to(parameter_dtype(config["precision"]))
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
         raise DataError(
             f"{run_dir / CONFIG_FILE}: not a gptclassifier run configuration ({exc})"
         ) from None
@@ -92,14 +108,39 @@ def load_run(run_dir: Path, device: torch.device | str = "cpu") -> tuple[GPTMode
         state = load_file(run_dir / MODEL_FILE)
     except (SafetensorError, OSError) as exc:
         raise DataError(f"{run_dir / MODEL_FILE}: cannot read it ({exc})") from None
-    _check_shapes(model, state, run_dir)
-    model.load_state_dict(state)
+    expected = {
+        name: parameter
+        for name, parameter in model.named_parameters()
+        if everything or parameter.requires_grad
+    }
+    _check_shapes(expected, state, run_dir)
+    model.load_state_dict(state, strict=everything)
     return model.to(device).eval(), config
 
 
-def _check_shapes(model: GPTModel, state: dict, run_dir: Path) -> None:
+def _base_of(run_dir: Path, config: dict) -> GPTModel:
+    """Rebuild the base model a run was trained on, or refuse in one line when it differs."""
+    weights = config["provenance"]["weights"]
+    name = config["training"]["model"]
+    if weights["source"] == "pretrained":
+        what = f"{name}, {weights['note']}"
+    else:
+        what = f"{name} with random weights of seed {weights['seed']}"
+    try:
+        base = rebuild_base_model(name, weights)
+    except (DownloadError, DataError) as exc:
+        raise DataError(f"{run_dir}: its base model ({what}) is not available: {exc}") from None
+    found = base_digest(base)
+    if found != weights["digest"]:
+        raise DataError(
+            f"{run_dir}: the base model found ({what}) is not the one it was trained on "
+            f"(weights SHA-256 {found[:12]}, recorded {weights['digest'][:12]})"
+        )
+    return base
+
+
+def _check_shapes(expected: dict, state: dict, run_dir: Path) -> None:
     """Raise a DataError that names the first tensor missing, extra or of the wrong shape."""
-    expected = model.state_dict()
     if state.keys() != expected.keys():
         missing = sorted(expected.keys() - state.keys())
         extra = sorted(state.keys() - expected.keys())

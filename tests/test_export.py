@@ -1,0 +1,134 @@
+"""Exports: a run that needs no base, and a folder that transformers loads with our logits."""
+
+import json
+
+import pytest
+import torch
+import transformers
+
+from gptclassifier.cli import main
+from gptclassifier.errors import ConfigError
+from gptclassifier.evaluate import classify_with_run
+from gptclassifier.export import export_transformers
+from gptclassifier.finetune import add_classification_head, set_trainable
+from gptclassifier.runs import load_run, save_model
+from gptclassifier.tokenizer import PAD_TOKEN_ID, get_tokenizer
+from gptclassifier.train import pool_logits
+from gptclassifier.weights import load_base_model
+
+MESSAGES = [
+    "WINNER!! Claim your prize now, call 09061701461",
+    "Ok lar... Joking wif u oni...",
+    "See you at 7 😊",
+]
+TOLERANCE = 1e-5
+
+
+def save_tiny_run(folder, pooling: str):
+    """Save a run of gpt2-nano with a changed last block and a two-way head with a bias."""
+    base = load_base_model("gpt2-nano", seed=0)
+    model = set_trainable(add_classification_head(base.model, 2), "last_block")
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.requires_grad:
+                parameter.add_(0.2 * torch.randn_like(parameter))
+    config = {
+        "model": base.config,
+        "classes": ["ham", "spam"],
+        "max_length": 24,
+        "pooling": pooling,
+        "precision": "float32",
+        "training": {"trainable": "last_block", "model": "gpt2-nano", "pooling": pooling},
+        "provenance": {"weights": base.provenance},
+    }
+    folder.mkdir()
+    save_model(folder, model.eval(), config)
+    return folder
+
+
+def token_rows(pad_to: int | None = None) -> torch.Tensor:
+    """Return the messages' token ids, right-padded with <|endoftext|> to one width."""
+    ids = [get_tokenizer().encode(text) for text in MESSAGES]
+    width = pad_to or max(map(len, ids))
+    return torch.tensor([row + [PAD_TOKEN_ID] * (width - len(row)) for row in ids])
+
+
+@pytest.fixture
+def exported(tmp_path):
+    """Return a function that saves a tiny run with a pooling and exports it for transformers."""
+
+    def export(pooling: str):
+        run = save_tiny_run(tmp_path / pooling, pooling)
+        folder = export_transformers(run, tmp_path / f"{pooling}-hf")
+        return run, folder
+
+    return export
+
+
+def test_transformers_gives_our_logits_for_last_pooling_without_padding(exported):
+    run, folder = exported("last")
+    ours, _ = load_run(run)
+    theirs = transformers.GPT2ForSequenceClassification.from_pretrained(folder).eval()
+    assert theirs.score.bias is None and ours.out_head.bias.abs().max() > 0.01
+    for text in MESSAGES:  # one message at a time: nothing to pad
+        ids = torch.tensor([get_tokenizer().encode(text)])
+        with torch.no_grad():
+            expected = ours(ids)[:, -1]
+            assert (theirs(ids).logits - expected).abs().max() < TOLERANCE
+
+
+def test_transformers_gives_our_logits_for_flexible_pooling_with_padding(exported):
+    run, folder = exported("flexible")
+    ours, _ = load_run(run)
+    theirs = transformers.GPT2ForSequenceClassification.from_pretrained(folder).eval()
+    rows = token_rows(pad_to=24)
+    assert (rows == PAD_TOKEN_ID).sum(dim=1).min() > 0  # every message is padded
+    with torch.no_grad():
+        expected = pool_logits(ours(rows), rows, "flexible")
+        assert (theirs(rows).logits - expected).abs().max() < TOLERANCE
+    ignored = theirs(rows, attention_mask=(rows != PAD_TOKEN_ID).long()).logits
+    assert (ignored - expected).abs().max() < TOLERANCE  # as a tokenizer's mask asks
+
+
+def test_transformers_pipeline_classifies_as_the_run_does(exported):
+    run, folder = exported("flexible")
+    classify = transformers.pipeline("text-classification", model=str(folder), top_k=None)
+    answers = classify(MESSAGES)
+    for answer, prediction in zip(answers, classify_with_run(run, MESSAGES), strict=True):
+        scores = {entry["label"]: entry["score"] for entry in answer}
+        assert set(scores) == {"ham", "spam"}
+        assert max(scores, key=scores.get) == prediction.label
+        assert scores[prediction.label] == pytest.approx(prediction.probability, abs=TOLERANCE)
+
+
+def test_the_exported_folder_holds_a_config_the_tokenizer_and_float32_weights(exported):
+    _, folder = exported("last")
+    names = sorted(path.name for path in folder.iterdir())
+    assert names == [
+        "config.json", "merges.txt", "model.safetensors", "tokenizer_config.json", "vocab.json"
+    ]  # fmt: skip
+    config = json.loads((folder / "config.json").read_text())
+    assert config["id2label"] == {"0": "ham", "1": "spam"}
+    assert config["pad_token_id"] == PAD_TOKEN_ID
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    for text in MESSAGES:
+        assert tokenizer(text)["input_ids"] == get_tokenizer().encode(text)
+
+
+def test_a_first_token_run_is_refused_in_one_line(tmp_path, capsys):
+    run = save_tiny_run(tmp_path / "first", "first")
+    with pytest.raises(ConfigError, match="classifies at the first token"):
+        export_transformers(run, tmp_path / "hf")
+    out = tmp_path / "hf"
+    assert main(["export", str(run), "--format", "transformers", "--to", str(out)]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_the_command_line_exports_for_transformers(tmp_path, capsys):
+    run = save_tiny_run(tmp_path / "run", "flexible")
+    out = tmp_path / "hf"
+    assert main(["export", str(run), "--format", "transformers", "--to", str(out)]) == 0
+    assert capsys.readouterr().out.startswith(f"exported {run} to {out}: model.safetensors")
+    assert transformers.GPT2ForSequenceClassification.from_pretrained(out).num_labels == 2
