@@ -5,6 +5,8 @@ import subprocess
 import tomllib
 from pathlib import Path
 
+from packaging.version import Version
+
 ROOT = Path(__file__).resolve().parents[1]
 CONDA_NAMES = {"torch": "pytorch"}  # where conda-forge names a package differently
 
@@ -33,7 +35,17 @@ def test_environment_yml_has_every_dependency_with_the_same_bound():
         CONDA_NAMES.get(name, name): bound for name, bound in requirement_bounds(wanted).items()
     }
     entries = dict(entry.split(">=") for entry, _ in environment_entries() if ">=" in entry)
-    assert entries == bounds
+    assert entries == {name: bound for name, bound in bounds.items() if name != "pytorch"}
+
+
+def test_torch_has_one_pin_that_meets_the_floor():
+    makefile_pin = re.search(r"^TORCH \?= torch==(\S+)$", (ROOT / "Makefile").read_text(), re.M)
+    pins = [entry for entry, _ in environment_entries() if entry.startswith("pytorch")]
+    assert pins == [f"pytorch={makefile_pin.group(1)}"]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    floor = requirement_bounds(project["dependencies"])["torch"]
+    assert Version(makefile_pin.group(1)) >= Version(floor)
+    assert f"`torch=={makefile_pin.group(1)}`" in (ROOT / "README.md").read_text()
 
 
 def test_environment_yml_pins_python_and_comments_every_line():
