@@ -31,6 +31,13 @@ def fine_tuned(model: GPTModel, strategy: str = "last_block") -> GPTModel:
     return model.eval()
 
 
+def edit_config(run, edit) -> None:
+    """Change a saved run's config.json in place with `edit`, a function of the dict."""
+    config = json.loads((run / "config.json").read_text())
+    edit(config)
+    (run / "config.json").write_text(json.dumps(config))
+
+
 @pytest.fixture
 def config() -> dict:
     """Return a run configuration whose base is gpt2-nano's random weights of seed 0."""
@@ -96,9 +103,7 @@ def test_the_chapters_run_folder_holds_28_mb_of_weights(tmp_path):
 
 
 def test_a_run_refuses_a_base_other_than_its_own(saved_run):
-    config = json.loads((saved_run / "config.json").read_text())
-    config["provenance"]["weights"]["seed"] = 1
-    (saved_run / "config.json").write_text(json.dumps(config))
+    edit_config(saved_run, lambda config: config["provenance"]["weights"].update(seed=1))
     with pytest.raises(
         DataError,
         match=r"the base model found \(gpt2-nano with random weights "
@@ -108,10 +113,11 @@ def test_a_run_refuses_a_base_other_than_its_own(saved_run):
 
 
 def test_a_run_whose_pretrained_base_cannot_be_had_says_so(saved_run):
-    config = json.loads((saved_run / "config.json").read_text())
-    config["training"]["model"] = "gpt2-small"
-    config["provenance"]["weights"] |= {"source": "pretrained", "note": "openai-community/gpt2"}
-    (saved_run / "config.json").write_text(json.dumps(config))
+    def as_if_pretrained(config):
+        config["training"]["model"] = "gpt2-small"
+        config["provenance"]["weights"] |= {"source": "pretrained", "note": "openai-community/gpt2"}
+
+    edit_config(saved_run, as_if_pretrained)
     with pytest.raises(
         DataError,
         match=r"its base model \(gpt2-small, openai-community/gpt2\) "
@@ -156,9 +162,7 @@ def test_missing_or_incomplete_runs_are_named(tmp_path, saved_run):
 
 
 def test_a_wrong_number_of_classes_is_explained(saved_run):
-    config = json.loads((saved_run / "config.json").read_text())
-    config["classes"] = ["a", "b", "c"]
-    (saved_run / "config.json").write_text(json.dumps(config))
+    edit_config(saved_run, lambda config: config.update(classes=["a", "b", "c"]))
     with pytest.raises(DataError, match="2 classes in the weights, 3 in config.json"):
         load_run(saved_run)
 
