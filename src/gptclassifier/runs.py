@@ -72,8 +72,7 @@ def save_model(run_dir: Path, model: GPTModel, config: dict, everything: bool = 
         raise ValueError("saving only the trained parameters needs the base model's digest")
     state = {
         name: parameter.detach().cpu().contiguous()
-        for name, parameter in model.named_parameters()
-        if everything or parameter.requires_grad
+        for name, parameter in _saved_parameters(model, everything).items()
     }
     save_file(state, Path(run_dir) / MODEL_FILE, metadata={"format": "pt"})
     saved = SAVED_EVERYTHING if everything else SAVED_TRAINED
@@ -108,14 +107,18 @@ def load_run(run_dir: Path, device: torch.device | str = "cpu") -> tuple[GPTMode
         state = load_file(run_dir / MODEL_FILE)
     except (SafetensorError, OSError) as exc:
         raise DataError(f"{run_dir / MODEL_FILE}: cannot read it ({exc})") from None
-    expected = {
+    _check_shapes(_saved_parameters(model, everything), state, run_dir)
+    model.load_state_dict(state, strict=everything)
+    return model.to(device).eval(), config
+
+
+def _saved_parameters(model: GPTModel, everything: bool) -> dict[str, torch.Tensor]:
+    """Return the parameters a run's model.safetensors holds: all, or the trainable ones."""
+    return {
         name: parameter
         for name, parameter in model.named_parameters()
         if everything or parameter.requires_grad
     }
-    _check_shapes(expected, state, run_dir)
-    model.load_state_dict(state, strict=everything)
-    return model.to(device).eval(), config
 
 
 def _base_of(run_dir: Path, config: dict) -> GPTModel:
