@@ -13,6 +13,8 @@ TORCH_INDEX ?=
 SETUP_STAMP := $(VENV)/.setup-complete
 # Where `make train` saves its run; a new folder each time, so no run is ever overwritten.
 RUN_DIR ?= runs/chapter-$(shell date +%Y%m%d-%H%M%S)
+# Where `make experiments` keeps its runs and tables; rows already there are read, not rerun.
+EXPERIMENTS_DIR ?= experiments
 
 # The lessons that `make lessons` runs in the book profile (LESSONS=notebooks/07_*.ipynb: one).
 LESSONS ?= $(sort $(wildcard notebooks/[0-9]*.ipynb))
@@ -20,11 +22,11 @@ LESSONS ?= $(sort $(wildcard notebooks/[0-9]*.ipynb))
 NOTEBOOK_ENV := GPTCLASSIFIER_PROFILE=smoke
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with notebooks/nbval-sanitize.cfg
 
-.PHONY: help setup lab prepare train bench test notebooks lessons lint clean
+.PHONY: help setup lab prepare train experiments bench test notebooks lessons lint clean
 
 help: ## List the targets
 	@echo "gptclassifier: fine-tune GPT-2 into a spam classifier"
-	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-9s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-11s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 setup: $(SETUP_STAMP) ## Create .venv with the package, JupyterLab and the test tools (idempotent)
 
@@ -42,6 +44,9 @@ prepare: setup ## Write the chapter's train/validation/test CSVs to data/prepare
 
 train: setup ## Fine-tune GPT-2 small as the chapter does (TRAIN_ARGS=--fast: the fastest way)
 	$(BIN)/gptclassifier train --profile book --out $(RUN_DIR) $(TRAIN_ARGS)
+
+experiments: setup ## The book's table of design experiments and two baselines (EXPERIMENT_ARGS="--rows chapter,lora --seeds 123,124,125")
+	$(BIN)/gptclassifier experiments --profile book --out $(EXPERIMENTS_DIR) $(EXPERIMENT_ARGS)
 
 bench: setup ## Time every phase of the chapter's way and the fast ways, and how cost scales (BENCH_ARGS=--quick: about two minutes)
 	$(BIN)/python benchmarks/finetune_speed.py $(BENCH_ARGS)
@@ -64,7 +69,7 @@ lint: setup ## Check style with ruff
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 
-clean: ## Remove .venv, caches, prepared data and runs (not the download cache)
-	rm -rf $(VENV) data runs notebooks/runs .pytest_cache .ruff_cache .hypothesis
+clean: ## Remove .venv, caches, prepared data, runs and experiments (not the download cache)
+	rm -rf $(VENV) data runs experiments notebooks/runs .pytest_cache .ruff_cache .hypothesis
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 	find . -name '*.egg-info' -type d -prune -exec rm -rf {} +

@@ -189,6 +189,27 @@ def test_train_overrides_reach_the_run(tmp_path, capsys):
     assert (training["trainable"], training["lr"]) == ("last_layer", 0.01)
 
 
+def test_the_experiments_options_reach_the_run(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--profile", "smoke", "--out", str(out), "--no-progress", "--epochs", "1"]
+    options = [
+        "--trainable", "lora", "--lora-rank", "4", "--lora-alpha", "8", "--pooling", "mean",
+        "--padding", "context", "--no-causal-mask", "--ignore-index", "50256",
+        "--weights", "random",
+    ]  # fmt: skip
+    assert main([*args, *options]) == 0
+    assert "the chapter's loop runs every block on every step" in capsys.readouterr().out
+    config = json.loads((out / "config.json").read_text())
+    training = config["training"]
+    assert (training["trainable"], training["lora_rank"], training["lora_alpha"]) == ("lora", 4, 8)
+    assert (training["pooling"], training["padding"], training["causal_mask"]) == (
+        "mean", "context", False
+    )  # fmt: skip
+    assert (training["ignore_index"], training["weights"]) == (50256, "random")
+    assert config["max_length"] == 128  # gpt2-nano's context
+    assert config["parameters"]["trainable"] == 3 * 4 * (4 * 96 + 2 * 240) + 4 * 50
+
+
 def test_evaluate_prints_the_metrics_of_a_split(trained_run, capsys):
     assert main(["evaluate", "--model", str(trained_run), "--split", "validation"]) == 0
     printed = capsys.readouterr().out
@@ -393,6 +414,7 @@ def test_sigint_during_training_stops_cleanly(tmp_path):
         (["--epochs", "0"], "num_epochs must be a whole number of at least 1, not 0"),
         (["--lr", "-1"], "lr must be above 0"),
         (["--batch-size", "5000"], "the batch size of 5000 is more than the"),
+        (["--lora-rank", "0"], "lora_rank must be a whole number of at least 1, not 0"),
     ],
 )
 def test_impossible_training_settings_exit_2_before_training(tmp_path, capsys, args, message):

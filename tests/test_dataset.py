@@ -14,7 +14,7 @@ from gptclassifier.dataset import (
     create_datasets,
     trim_padding,
 )
-from gptclassifier.errors import DataError
+from gptclassifier.errors import ConfigError, DataError
 from gptclassifier.tokenizer import get_tokenizer
 
 PAD = 50256
@@ -85,6 +85,18 @@ def test_create_datasets_warns_and_cuts_to_the_context_length(tokenizer):
         assert dataset.max_length == 8, name
         assert all(len(ids) == 8 for ids in rows(dataset))
     assert rows(datasets["train"])[1] == tokenizer.encode(LONG)[:8]
+
+
+def test_create_datasets_pads_every_message_to_the_context_on_request(tokenizer):
+    splits = {"train": frame([SHORT, MEDIUM]), "validation": frame([LONG]), "test": frame([SHORT])}
+    datasets = create_datasets(splits, tokenizer, context_length=64, padding="context")
+    assert {name: dataset.max_length for name, dataset in datasets.items()} == dict.fromkeys(
+        splits, 64
+    )
+    short_ids = tokenizer.encode(SHORT)
+    assert rows(datasets["test"])[0] == short_ids + [PAD] * (64 - len(short_ids))
+    with pytest.raises(ConfigError, match="unknown padding 'none': choose one of longest, context"):
+        create_datasets(splits, tokenizer, context_length=64, padding="none")
 
 
 def test_loader_batch_counts_follow_the_chapter(tokenizer):

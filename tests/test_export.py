@@ -5,12 +5,15 @@ import json
 import pytest
 import torch
 import transformers
+from safetensors.torch import load_file
 
 from gptclassifier.cli import main
 from gptclassifier.errors import ConfigError
 from gptclassifier.evaluate import classify_with_run
 from gptclassifier.export import export_transformers
-from gptclassifier.finetune import add_classification_head, set_trainable
+from gptclassifier.finetune import adapt_for_classification
+from gptclassifier.lora import merge_lora
+from gptclassifier.profiles import TrainSettings
 from gptclassifier.runs import load_run, save_model
 from gptclassifier.tokenizer import PAD_TOKEN_ID, get_tokenizer
 from gptclassifier.train import pool_logits
@@ -24,10 +27,15 @@ MESSAGES = [
 TOLERANCE = 1e-5
 
 
-def save_tiny_run(folder, pooling: str):
-    """Save a run of gpt2-nano with a changed last block and a two-way head with a bias."""
+def save_tiny_run(folder, pooling: str, **training):
+    """Save a run of gpt2-nano with a changed trainable part and a two-way head with a bias.
+
+    `training` adds to the run's training settings (the trainable part: `last_block`).
+    """
     base = load_base_model("gpt2-nano", seed=0)
-    model = set_trainable(add_classification_head(base.model, 2), "last_block")
+    training = {"trainable": "last_block", "model": "gpt2-nano", "pooling": pooling, **training}
+    settings = TrainSettings(**training)
+    model = adapt_for_classification(base.model, settings, num_classes=2)
     torch.manual_seed(1)
     with torch.no_grad():
         for parameter in model.parameters():
@@ -39,7 +47,7 @@ def save_tiny_run(folder, pooling: str):
         "max_length": 24,
         "pooling": pooling,
         "precision": "float32",
-        "training": {"trainable": "last_block", "model": "gpt2-nano", "pooling": pooling},
+        "training": training,
         "provenance": {"weights": base.provenance},
     }
     folder.mkdir()
@@ -116,10 +124,43 @@ def test_the_exported_folder_holds_a_config_the_tokenizer_and_float32_weights(ex
         assert tokenizer(text)["input_ids"] == get_tokenizer().encode(text)
 
 
+def test_a_lora_run_is_merged_into_plain_weights_with_our_logits(tmp_path):
+    run = save_tiny_run(tmp_path / "lora", "flexible", trainable="lora", lora_rank=4, lora_alpha=2)
+    folder = export_transformers(run, tmp_path / "hf")
+    assert not [name for name in load_file(folder / "model.safetensors") if "lora" in name]
+    ours, _ = load_run(run)
+    theirs = transformers.GPT2ForSequenceClassification.from_pretrained(folder).eval()
+    rows = token_rows(pad_to=24)
+    with torch.no_grad():
+        expected = pool_logits(ours(rows), rows, "flexible")
+        merged = pool_logits(merge_lora(load_run(run)[0])(rows), rows, "flexible")
+        assert (theirs(rows).logits - expected).abs().max() < TOLERANCE
+    assert (expected - merged).abs().max() < TOLERANCE  # merging changes no logit...
+    zeroed = load_run(run)[0]
+    for name, tensor in zeroed.named_parameters():
+        if name.endswith("lora.B"):
+            tensor.data.zero_()
+    with torch.no_grad():  # ...and the updates were not nothing
+        assert (pool_logits(zeroed(rows), rows, "flexible") - expected).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize(
+    ("pooling", "training", "reason"),
+    [
+        ("first", {}, "classifies at the first token"),
+        ("mean", {}, "classifies at the mean of every position"),
+        ("last", {"causal_mask": False}, "trained without the causal mask"),
+    ],
+)
+def test_what_transformers_cannot_compute_is_refused(tmp_path, pooling, training, reason):
+    run = save_tiny_run(tmp_path / "run", pooling, **training)
+    with pytest.raises(ConfigError, match=reason):
+        export_transformers(run, tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()
+
+
 def test_a_first_token_run_is_refused_in_one_line(tmp_path, capsys):
     run = save_tiny_run(tmp_path / "first", "first")
-    with pytest.raises(ConfigError, match="classifies at the first token"):
-        export_transformers(run, tmp_path / "hf")
     out = tmp_path / "hf"
     assert main(["export", str(run), "--format", "transformers", "--to", str(out)]) == 2
     assert capsys.readouterr().err.count("\n") == 1

@@ -29,7 +29,7 @@ from gptclassifier.fast import (
     has_fused_adamw,
     speed_up,
 )
-from gptclassifier.finetune import add_classification_head, set_trainable
+from gptclassifier.finetune import add_classification_head, set_causal_mask, set_trainable
 from gptclassifier.model import GPTModel, TransformerBlock, model_config
 from gptclassifier.prepare import prepare_splits
 from gptclassifier.tokenizer import PAD_TOKEN_ID, get_tokenizer
@@ -87,7 +87,7 @@ def assert_same_training(history, expected, model, plain):
 
 
 @pytest.mark.parametrize("strategy", ["last_layer", "last_block", "last_two_blocks"])
-@pytest.mark.parametrize("pooling", ["last", "first"])
+@pytest.mark.parametrize("pooling", ["last", "first", "mean"])
 def test_cached_training_equals_the_chapters_loop(datasets, strategy, pooling):
     plain = exact_classifier(strategy)
     expected = train(datasets, plain, plain, pooling)
@@ -146,7 +146,7 @@ def test_the_cache_serves_any_padding_exactly(datasets):
 
 
 @pytest.mark.parametrize("strategy", ["last_layer", "last_block", "last_two_blocks"])
-@pytest.mark.parametrize("pooling", ["last", "first", "flexible"])
+@pytest.mark.parametrize("pooling", ["last", "first", "flexible", "mean"])
 def test_the_cache_returns_the_pooled_logits_of_the_full_model(datasets, strategy, pooling):
     model = exact_classifier(strategy).eval()
     rows = torch.tensor(datasets["test"].encoded_texts[:8])
@@ -285,7 +285,11 @@ def test_the_cache_refuses_what_it_cannot_serve():
     with pytest.raises(ConfigError, match="dropout"):
         FrozenPrefixCache(dropout)
     with pytest.raises(ConfigError, match="unknown pooling"):
-        FrozenPrefixCache(classifier(), "mean")
+        FrozenPrefixCache(classifier(), "median")
+    unmasked = set_causal_mask(classifier(), False)
+    assert "without the causal mask" in cache_refusal(unmasked)
+    assert "no frozen part" in cache_refusal(classifier("lora"))  # LoRA trains the first block
+    assert isinstance(speed_up(unmasked, "last"), GPTModel)
     assert isinstance(speed_up(everything, "last"), GPTModel)  # nothing to wrap
     assert isinstance(speed_up(dropout, "last"), GPTModel)
 

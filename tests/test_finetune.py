@@ -32,6 +32,8 @@ def expected_trainable(model: GPTModel, strategy: str) -> set[str]:
     """Return the names of the parameters that `strategy` should train, from the chapter."""
     if strategy == "all":
         return {name for name, _ in model.named_parameters()}
+    if strategy == "lora":  # only the low-rank matrices beside the frozen layers
+        return {name for name, _ in model.named_parameters() if ".lora." in name}
     parts = [("out_head", model.out_head)]
     blocks = {"last_layer": 0, "last_block": 1, "last_two_blocks": 2}[strategy]
     if blocks:
@@ -66,8 +68,10 @@ def test_each_strategy_trains_exactly_the_modules_it_names(strategy):
     assert count_parameters(model) == (total, independent_count)
 
 
-def test_strategies_are_the_four_the_project_documents():
-    assert set(TRAINABLE_STRATEGIES) == {"last_layer", "last_block", "last_two_blocks", "all"}
+def test_strategies_are_the_five_the_project_documents():
+    assert set(TRAINABLE_STRATEGIES) == {
+        "last_layer", "last_block", "last_two_blocks", "all", "lora"
+    }  # fmt: skip
 
 
 def test_last_layer_trains_only_the_head_parameters():

@@ -196,16 +196,17 @@ def test_gelu_matches_the_tanh_formula():
     assert (actual - exact).abs().max() > 1e-4
 
 
-def reference_attention(mha: MultiHeadAttention, x: torch.Tensor) -> torch.Tensor:
-    """Compute causal multi-head attention step by step, as the book writes it out."""
+def reference_attention(mha: MultiHeadAttention, x: torch.Tensor, causal=True) -> torch.Tensor:
+    """Compute (causal) multi-head attention step by step, as the book writes it out."""
     batch, num_tokens, _ = x.shape
     heads, head_dim = mha.num_heads, mha.d_out // mha.num_heads
     queries = mha.W_query(x).view(batch, num_tokens, heads, head_dim).transpose(1, 2)
     keys = mha.W_key(x).view(batch, num_tokens, heads, head_dim).transpose(1, 2)
     values = mha.W_value(x).view(batch, num_tokens, heads, head_dim).transpose(1, 2)
     scores = queries @ keys.transpose(2, 3) / math.sqrt(head_dim)
-    mask = torch.triu(torch.ones(num_tokens, num_tokens, dtype=torch.bool), diagonal=1)
-    scores = scores.masked_fill(mask, float("-inf"))
+    if causal:
+        mask = torch.triu(torch.ones(num_tokens, num_tokens, dtype=torch.bool), diagonal=1)
+        scores = scores.masked_fill(mask, float("-inf"))
     weights = torch.softmax(scores, dim=-1)
     context = (weights @ values).transpose(1, 2).reshape(batch, num_tokens, mha.d_out)
     return mha.out_proj(context)
@@ -224,6 +225,21 @@ def test_multi_head_attention_matches_an_explicit_reference(d_in, d_out, heads, 
         expected = reference_attention(mha, x)
     assert actual.shape == (2, 5, d_out)
     assert (actual - expected).abs().max() < 1e-5
+
+
+def test_attention_without_the_causal_mask_lets_every_token_see_every_other():
+    torch.manual_seed(2)
+    mha = MultiHeadAttention(6, 6, dropout=0.0, num_heads=2, qkv_bias=True)
+    mha.causal = False
+    x = torch.randn(2, 5, 6, dtype=torch.float64)
+    mha.double()
+    with torch.no_grad():
+        actual = mha(x)
+        torch.testing.assert_close(actual, reference_attention(mha, x, causal=False))
+        # the first token now sees the last: changing the last changes the first's output
+        changed = x.clone()
+        changed[:, -1] += 1
+        assert (mha(changed)[:, 0] - actual[:, 0]).abs().max() > 1e-3
 
 
 def test_multi_head_attention_first_token_only_sees_itself():

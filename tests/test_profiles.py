@@ -22,6 +22,13 @@ def test_book_is_the_default_with_the_chapters_settings():
         0.1,
     )
     assert (chapter.eval_freq, chapter.eval_iter, chapter.seed) == (50, 5, 123)
+    assert (chapter.padding, chapter.causal_mask, chapter.ignore_index) == ("longest", True, -100)
+    assert (chapter.weights, chapter.split_seed) == ("pretrained", 123)
+
+
+def test_the_split_follows_the_seed_unless_a_data_seed_is_given():
+    assert train_settings("book", seed=7).split_seed == 7
+    assert train_settings("book", seed=7, data_seed=123).split_seed == 123
 
 
 def test_overrides_replace_only_what_is_given():
@@ -59,6 +66,7 @@ def test_strict_mode_reads_the_environment(monkeypatch, value, strict):
         ({"lr": 0.0}, "lr must be above 0"),
         ({"lr": float("nan")}, "lr must be above 0"),
         ({"weight_decay": -0.1}, "weight_decay at least 0"),
+        ({"lora_rank": 0}, "lora_rank must be a whole number of at least 1, not 0"),
     ],
 )
 def test_impossible_settings_are_refused(override, message):

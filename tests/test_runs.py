@@ -126,6 +126,25 @@ def test_a_run_whose_pretrained_base_cannot_be_had_says_so(saved_run):
         load_run(saved_run)
 
 
+def test_a_lora_run_saves_its_updates_and_the_head_and_loads_back(tmp_path, config):
+    lora = fine_tuned(load_base_model("gpt2-nano", seed=0).model, "lora")
+    lora_config = config | {"training": {**CONFIG["training"], "trainable": "lora"}}
+    save_model(tmp_path, lora, lora_config)
+    saved = set(load_file(tmp_path / "model.safetensors"))
+    # the updates, and the head (frozen beside its own update, yet no part of the base)
+    assert saved == {n for n in lora.state_dict() if ".lora." in n or n.startswith("out_head.")}
+    assert (
+        "out_head.linear.weight" in saved and "trf_blocks.0.att.W_query.linear.weight" not in saved
+    )
+    model, _ = load_run(tmp_path)
+    tokens = torch.randint(0, 50257, (2, 12))
+    with torch.no_grad():
+        assert torch.equal(model(tokens), lora(tokens))
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == {
+        n for n in lora.state_dict() if ".lora." in n
+    }
+
+
 def test_a_standalone_run_needs_no_base(tmp_path, classifier):
     save_model(tmp_path, classifier, CONFIG, everything=True)  # no provenance at all
     assert set(load_file(tmp_path / "model.safetensors")) == set(classifier.state_dict())

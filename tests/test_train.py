@@ -27,6 +27,7 @@ from gptclassifier.train import (
     classifier_logits,
     evaluating,
     pool_logits,
+    pooled_positions,
     train_classifier,
     train_classifier_simple,
 )
@@ -86,11 +87,19 @@ def test_flexible_pooling_picks_the_last_real_token_of_each_row():
     assert pooled[:, 1].tolist() == [-1.0, -14.0, -20.0]
 
 
+def test_mean_pooling_averages_every_position_padding_included():
+    logits, inputs = hand_built_batch()
+    # row r holds 10r + 0..4 at its five positions: their mean is 10r + 2
+    assert pool_logits(logits, inputs, "mean")[:, 0].tolist() == [2.0, 12.0, 22.0]
+    with pytest.raises(ConfigError, match="no one position"):
+        pooled_positions(inputs, "mean")
+
+
 def test_unknown_pooling_raises_config_error_listing_the_choices():
     logits, inputs = hand_built_batch()
-    with pytest.raises(ConfigError, match="mean") as raised:
-        pool_logits(logits, inputs, "mean")
-    for choice in ("last", "first", "flexible"):
+    with pytest.raises(ConfigError, match="median") as raised:
+        pool_logits(logits, inputs, "median")
+    for choice in ("last", "first", "flexible", "mean"):
         assert choice in str(raised.value)
 
 
@@ -173,18 +182,36 @@ def test_a_models_flexible_logits_ignore_any_amount_of_padding(messages, pads):
 # --- losses and accuracy ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("pooling", ["last", "first", "flexible"])
+@pytest.mark.parametrize("pooling", ["last", "first", "flexible", "mean"])
 def test_calc_loss_batch_is_cross_entropy_of_the_pooled_logits(pooling):
     model = nano_classifier()
     inputs = torch.tensor([[5, 6, 7, PAD, PAD], [8, 9, 10, 11, 12], [13, PAD, PAD, PAD, PAD]])
     targets = torch.tensor([1, 0, 1])
     with torch.no_grad():
         logits = model(inputs)
-        position = {"last": [4, 4, 4], "first": [0, 0, 0], "flexible": [2, 4, 0]}[pooling]
-        manual = torch.stack([logits[row, pos] for row, pos in enumerate(position)])
+        if pooling == "mean":
+            manual = torch.stack([logits[row].sum(dim=0) / 5 for row in range(3)])
+        else:
+            position = {"last": [4, 4, 4], "first": [0, 0, 0], "flexible": [2, 4, 0]}[pooling]
+            manual = torch.stack([logits[row, pos] for row, pos in enumerate(position)])
         expected = F.cross_entropy(manual, targets)
         loss = calc_loss_batch(inputs, targets, model, CPU, pooling)
     torch.testing.assert_close(loss, expected)
+
+
+def test_ignore_index_leaves_out_the_messages_of_that_class():
+    model = nano_classifier()
+    inputs = torch.tensor([[5, 6, 7, PAD], [8, 9, 10, 11], [13, PAD, PAD, PAD]])
+    targets = torch.tensor([1, 0, 1])
+    with torch.no_grad():
+        last = model(inputs)[:, -1]
+        # By hand: the mean of -log softmax over the class-1 messages alone (rows 0 and 2).
+        by_hand = -torch.log_softmax(last[[0, 2]], dim=-1)[:, 1].mean()
+        skipping_ham = calc_loss_batch(inputs, targets, model, CPU, "last", ignore_index=0)
+        # The book's experiment: the padding id is no class, so nothing is left out.
+        padding = calc_loss_batch(inputs, targets, model, CPU, "last", ignore_index=PAD)
+    torch.testing.assert_close(skipping_ham, by_hand)
+    assert torch.equal(padding, calc_loss_batch(inputs, targets, model, CPU, "last"))
 
 
 def parity_loader(batch_size: int = 4) -> DataLoader:

@@ -17,7 +17,7 @@ import transformers
 from safetensors.torch import load_file, save_file
 
 from gptclassifier import weights
-from gptclassifier.errors import DataError, DownloadError, FallbackWarning
+from gptclassifier.errors import ConfigError, DataError, DownloadError, FallbackWarning
 from gptclassifier.model import GPTModel, generate_text_simple, model_config
 from gptclassifier.weights import (
     HUB_CHECKPOINTS,
@@ -449,6 +449,25 @@ def test_load_base_model_offline_in_strict_mode_raises_download_error(monkeypatc
         warnings.simplefilter("error")
         with pytest.raises(DownloadError, match="model.safetensors"):
             load_base_model("gpt2-small")
+
+
+def test_random_weights_by_choice_fetch_nothing_and_say_so(monkeypatch):
+    def no_download(name):
+        raise AssertionError("random weights were chosen: nothing should be fetched")
+
+    monkeypatch.setattr(weights, "download_gpt2", no_download)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        chosen = load_base_model("gpt2-small", seed=7, weights="random")
+    assert chosen.provenance == {
+        "source": "random",
+        "seed": 7,
+        "note": "random weights were chosen",
+        "digest": base_digest(chosen.model),
+    }
+    assert chosen.model.tok_emb.weight.shape == (50257, 768)
+    with pytest.raises(ConfigError, match="unknown weights 'none': choose one of pretrained"):
+        load_base_model("gpt2-nano", weights="none")
 
 
 def test_load_base_model_nano_uses_random_weights_without_any_warning():

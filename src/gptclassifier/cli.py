@@ -8,7 +8,9 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from gptclassifier import __version__
+from gptclassifier.book_experiments import EXPERIMENTS, choose_experiments
 from gptclassifier.data import PARSINGS, load_data
+from gptclassifier.dataset import PADDINGS
 from gptclassifier.errors import DataError, FallbackWarning, GptClassifierError
 from gptclassifier.evaluate import classify_with_run, evaluate_run
 from gptclassifier.export import FORMATS, export_run, export_transformers
@@ -18,6 +20,7 @@ from gptclassifier.prepare import SPLIT_NAMES, count_labels, prepare_splits, wri
 from gptclassifier.profiles import FASTEST, PROFILES, train_settings
 from gptclassifier.runs import MODEL_FILE, ensure_run_dir_free
 from gptclassifier.train import POOLINGS
+from gptclassifier.weights import WEIGHT_CHOICES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,20 +32,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    data_options = argparse.ArgumentParser(add_help=False)
-    data_options.add_argument(
+    source_options = argparse.ArgumentParser(add_help=False)
+    source_options.add_argument(
         "--profile", choices=list(PROFILES), help="default: $GPTCLASSIFIER_PROFILE or book"
     )
-    data_options.add_argument(
+    source_options.add_argument(
         "--data", type=Path, help="SMS Spam Collection file or zip, or a table with a header row"
     )
-    data_options.add_argument(
+    source_options.add_argument(
         "--parsing",
         choices=PARSINGS,
         help="book: the chapter's pandas read (default); exact: every line is a message",
     )
-    data_options.add_argument("--text-column", default="Text", help="text column of a table")
-    data_options.add_argument("--label-column", default="Label", help="label column of a table")
+    source_options.add_argument("--text-column", default="Text", help="text column of a table")
+    source_options.add_argument("--label-column", default="Label", help="label column of a table")
+    data_options = argparse.ArgumentParser(add_help=False, parents=[source_options])
     data_options.add_argument("--seed", type=int, help="seed of sampling, shuffling and training")
 
     prepare = commands.add_parser(
@@ -55,9 +59,26 @@ def build_parser() -> argparse.ArgumentParser:
         "train", parents=[data_options], help="fine-tune GPT-2 and save the run"
     )
     train.add_argument("--model", choices=list(GPT_SIZES), help="model size")
-    train.add_argument("--trainable", choices=TRAINABLE_STRATEGIES, help="what to fine-tune")
     train.add_argument(
-        "--pooling", choices=POOLINGS, help="which token's logits classify (default: last)"
+        "--weights", choices=WEIGHT_CHOICES, help="pretrained (default) or random weights"
+    )
+    train.add_argument("--trainable", choices=TRAINABLE_STRATEGIES, help="what to fine-tune")
+    train.add_argument("--lora-rank", type=int, help="with --trainable lora: rank (default 16)")
+    train.add_argument("--lora-alpha", type=float, help="with --trainable lora: scale (default 16)")
+    train.add_argument(
+        "--pooling", choices=POOLINGS,
+        help="which token's logits classify, or mean: the average of all (default: last)",
+    )  # fmt: skip
+    train.add_argument(
+        "--padding", choices=PADDINGS,
+        help="pad to the longest training message (default) or to the model's whole context",
+    )  # fmt: skip
+    train.add_argument(
+        "--no-causal-mask", dest="causal_mask", action="store_false", default=None,
+        help="let every token attend to every other, padding included",
+    )  # fmt: skip
+    train.add_argument(
+        "--ignore-index", type=int, help="a class index that the loss skips (default: none)"
     )
     way = train.add_mutually_exclusive_group()
     way.add_argument(
@@ -84,6 +105,24 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--force", action="store_true", help="replace an existing run directory")
     train.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     train.set_defaults(handler=run_train)
+
+    experiments = commands.add_parser(
+        "experiments", parents=[source_options],
+        help="the book's table of design experiments, over several seeds, with baselines",
+    )  # fmt: skip
+    experiments.add_argument(
+        "--rows", type=_names, metavar="NAME,...",
+        help=f"experiments to run (default: all): {', '.join(EXPERIMENTS)}",
+    )  # fmt: skip
+    experiments.add_argument(
+        "--seeds", type=_seeds, default=(123,), metavar="SEED,...",
+        help="training seeds, one run of every row each (default: 123); one split: the chapter's",
+    )  # fmt: skip
+    experiments.add_argument("--epochs", type=int, dest="num_epochs", help="passes over the data")
+    experiments.add_argument("--out", type=Path, required=True, help="folder for runs and tables")
+    experiments.add_argument("--redo", action="store_true", help="run again rows already run")
+    experiments.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    experiments.set_defaults(handler=run_experiments_command)
 
     evaluate = commands.add_parser("evaluate", help="metrics of a saved run on one of its splits")
     evaluate.add_argument("--model", type=Path, required=True, help="run directory")
@@ -127,7 +166,8 @@ def run_train(args: argparse.Namespace) -> None:
     """Fine-tune, then print the accuracies and where the outputs are."""
     ensure_run_dir_free(args.out, args.force)
     names = (
-        "model", "trainable", "pooling", "parsing", "precision", "bucket", "compile",
+        "model", "weights", "trainable", "lora_rank", "lora_alpha", "pooling", "padding",
+        "causal_mask", "ignore_index", "parsing", "precision", "bucket", "compile",
         "num_epochs", "batch_size", "lr", "seed",
     )  # fmt: skip
     overrides = {name: getattr(args, name) for name in names}
@@ -153,6 +193,48 @@ def run_train(args: argparse.Namespace) -> None:
     print(accuracies)
     files = ", ".join(sorted(path.name for path in result.run_dir.iterdir()))
     print(f"outputs in {result.run_dir}: {files}")
+
+
+def _names(text: str) -> list[str]:
+    """Parse a comma-separated list of names."""
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _seeds(text: str) -> list[int]:
+    """Parse a comma-separated list of whole-number seeds."""
+    try:
+        seeds = [int(part) for part in _names(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seeds are whole numbers, not {text!r}") from None
+    if not seeds:
+        raise argparse.ArgumentTypeError("give at least one seed")
+    return seeds
+
+
+def run_experiments_command(args: argparse.Namespace) -> int:
+    """Run the chosen experiments, print the table; status 1 when a run failed."""
+    choose_experiments(args.rows)  # an unknown name fails here, before any data is read
+    # Imported here: training draws plots, and matplotlib takes half a second to import.
+    from gptclassifier.experiments import TABLE_FILE, run_experiments
+
+    overrides = {"parsing": args.parsing, "num_epochs": args.num_epochs}
+    overrides = {name: value for name, value in overrides.items() if value is not None}
+    parsing = train_settings(args.profile, **overrides).parsing
+    data = load_data(args.data, parsing, args.profile, args.text_column, args.label_column)
+    results = run_experiments(
+        data, args.out, args.rows, args.seeds, args.profile, overrides,
+        args.redo, not args.no_progress, log=tqdm.write,
+    )  # fmt: skip
+    print((args.out / TABLE_FILE).read_text(encoding="utf-8"), end="")
+    failed = int((results["status"] != "ok").sum())
+    print(f"results in {args.out}: results.csv, {TABLE_FILE}, results.png and results.pdf")
+    if failed:
+        where = args.out / "results.csv"
+        print(
+            f"gptclassifier: {failed} of {len(results)} runs failed, see {where}", file=sys.stderr
+        )
+        return 1
+    return 0
 
 
 def run_evaluate(args: argparse.Namespace) -> None:
@@ -201,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         with warnings.catch_warnings():
             warnings.simplefilter("always", FallbackWarning)
             warnings.showwarning = _print_warning
-            args.handler(args)
+            status = args.handler(args) or 0
     except GptClassifierError as exc:
         if args.debug:
             raise
@@ -216,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"gptclassifier: interrupted; {_what_was_kept(args)}", file=sys.stderr)
         return 130
-    return 0
+    return status
 
 
 def _what_was_kept(args: argparse.Namespace) -> str:

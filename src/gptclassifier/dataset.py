@@ -7,8 +7,10 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
-from gptclassifier.errors import DataError
+from gptclassifier.errors import ConfigError, DataError
 from gptclassifier.tokenizer import PAD_TOKEN_ID
+
+PADDINGS = ("longest", "context")  # to the longest training message, or to the model's context
 
 
 class SpamDataset(Dataset):
@@ -57,9 +59,19 @@ def _as_frame(data) -> pd.DataFrame:
     return pd.read_csv(Path(data), keep_default_na=False)
 
 
-def create_datasets(splits: dict, tokenizer, context_length: int) -> dict[str, SpamDataset]:
-    """Pad the training messages to the longest, within the context; cut the others to match."""
-    train = SpamDataset(splits["train"], tokenizer)
+def create_datasets(
+    splits: dict, tokenizer, context_length: int, padding: str = "longest"
+) -> dict[str, SpamDataset]:
+    """Pad the training messages to the longest, within the context; cut the others to match.
+
+    `padding="context"` pads every message to the model's whole context instead.
+    """
+    if padding not in PADDINGS:
+        raise ConfigError(f"unknown padding {padding!r}: choose one of {', '.join(PADDINGS)}")
+    if padding == "context":
+        train = SpamDataset(splits["train"], tokenizer, context_length)
+    else:
+        train = SpamDataset(splits["train"], tokenizer)
     if train.max_length > context_length:
         warnings.warn(
             f"the longest training message has {train.max_length} tokens, more than the "

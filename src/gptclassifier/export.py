@@ -7,7 +7,9 @@ import torch
 from safetensors.torch import save_file
 
 from gptclassifier.errors import ConfigError
+from gptclassifier.lora import merge_lora
 from gptclassifier.model import GPTModel
+from gptclassifier.profiles import TrainSettings
 from gptclassifier.runs import CONFIG_FILE, MODEL_FILE, load_run, run_writer, save_model, write_json
 from gptclassifier.tokenizer import END_OF_TEXT, PAD_TOKEN_ID, vocabulary_files
 from gptclassifier.weights import (
@@ -41,15 +43,23 @@ def export_transformers(run_dir: Path, out_dir: Path, force: bool = False) -> Pa
 
     transformers classifies at each message's last real token (its pad_token_id is
     <|endoftext|>), as `flexible` pooling does, and at the last position of a message without
-    padding, as `last` pooling does; it has no way to read the first token. The tensors are
-    float32, with GPT-2's tokenizer files beside them.
+    padding, as `last` pooling does; it has no way to read the first token or a mean. LoRA's
+    updates are merged into the weights. The tensors are float32, with GPT-2's tokenizer files
+    beside them.
     """
     model, config = load_run(run_dir)
-    if config["pooling"] == "first":
+    reads = {"first": "the first token", "mean": "the mean of every position"}
+    if config["pooling"] in reads:
         raise ConfigError(
-            f"{run_dir} classifies at the first token, and transformers' "
-            "GPT2ForSequenceClassification reads the last one: it cannot be exported to it"
+            f"{run_dir} classifies at {reads[config['pooling']]}, and transformers' "
+            "GPT2ForSequenceClassification reads the last token: it cannot be exported to it"
         )
+    if not TrainSettings(**config["training"]).causal_mask:
+        raise ConfigError(
+            f"{run_dir} was trained without the causal mask, and transformers' GPT-2 always "
+            "applies it: it cannot be exported to it"
+        )
+    merge_lora(model)
     classes = config["classes"]
     model_config = config["model"]
     hf_config = {

@@ -17,7 +17,7 @@ from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 from gptclassifier.errors import ConfigError
 from gptclassifier.model import GPTModel, TransformerBlock
 from gptclassifier.tokenizer import PAD_TOKEN_ID
-from gptclassifier.train import check_pooling, pooled_positions
+from gptclassifier.train import check_pooling, pool_logits, pooled_positions
 
 PRECISIONS = ("auto", "float32", "bfloat16", "float64")
 MEMORY_SHARE = 0.8  # of the free memory the cache may take: training needs the rest
@@ -45,6 +45,8 @@ def cache_refusal(model: GPTModel) -> str | None:
     """Return why the frozen-prefix cache cannot serve `model`, in words, or None if it can."""
     if frozen_blocks(model) == 0:
         return "the embeddings or the first block are trained, so no frozen part can be cached"
+    if not all(block.att.causal for block in model.trf_blocks):
+        return "without the causal mask every state depends on the padding after it"
     dropout = max((m.p for m in model.modules() if isinstance(m, nn.Dropout)), default=0.0)
     if dropout > 0:
         return f"the model has dropout (rate {dropout:g}), which would make every pass differ"
@@ -91,7 +93,8 @@ class FrozenPrefixCache(nn.Module):
     stay on the model's device when they fit there, else on the host. The last block, the
     final norm and the head then run at the pooled position only (block_at_positions): the
     forward pass returns the pooled logits, one row per message, equal to pooling the full
-    model's output. The cache refuses to serve once the frozen part changed.
+    model's output. `mean` pooling runs the trainable part over every position instead. The
+    cache refuses to serve once the frozen part changed.
     """
 
     def __init__(self, model: GPTModel, pooling="last", pad_token_id: int = PAD_TOKEN_ID):
@@ -122,8 +125,12 @@ class FrozenPrefixCache(nn.Module):
     def forward(self, in_idx: torch.Tensor) -> torch.Tensor:
         self._check_fresh()
         x = self._prefix_states(in_idx)
-        positions = pooled_positions(in_idx, self.pooling, self.pad_token_id)
         trainable = list(self.model.trf_blocks[self.num_frozen :])
+        if self.pooling == "mean":  # every position's logits count
+            for block in trainable:
+                x = block(x)
+            return pool_logits(self.model.out_head(self.model.final_norm(x)), in_idx, "mean")
+        positions = pooled_positions(in_idx, self.pooling, self.pad_token_id)
         for block in trainable[:-1]:
             x = block(x)
         # One position per message is too little work for bfloat16 to pay: casting the weights

@@ -12,7 +12,7 @@ from torch import nn
 
 from gptclassifier.model import GPTModel
 from gptclassifier.tokenizer import PAD_TOKEN_ID
-from gptclassifier.train import POOLINGS, evaluating, pooled_positions
+from gptclassifier.train import evaluating, pooled_positions
 
 TRAINABLE_COLOUR, FROZEN_COLOUR, PADDING_COLOUR = "tab:orange", "lightsteelblue", "0.85"
 POOLING_MARKERS = {"last": ("X", "tab:red"), "first": ("o", "tab:green"), "flexible": ("*", "k")}
@@ -31,7 +31,8 @@ def model_parts(model: GPTModel) -> list[ModelPart]:
     """Return the model's parts from input to output, with their parameter counts."""
     named = [("token embedding", model.tok_emb), ("position embedding", model.pos_emb)]
     named += [(f"block {i + 1}", block) for i, block in enumerate(model.trf_blocks)]
-    head = f"output head ({model.out_head.in_features} -> {model.out_head.out_features})"
+    linear = getattr(model.out_head, "linear", model.out_head)  # the layer inside LoRA's wrapper
+    head = f"output head ({linear.in_features} -> {linear.out_features})"
     named += [("final norm", model.final_norm), (head, model.out_head)]
     return [
         ModelPart(
@@ -74,7 +75,9 @@ def draw_classifier(model: GPTModel) -> Figure:
     return fig
 
 
-def draw_padded_batch(batch: torch.Tensor, poolings=POOLINGS, pad_token_id=PAD_TOKEN_ID) -> Figure:
+def draw_padded_batch(
+    batch: torch.Tensor, poolings=("last", "first", "flexible"), pad_token_id=PAD_TOKEN_ID
+) -> Figure:
     """Draw a batch of token ids as a heatmap, padding grey, and the position each pooling reads."""
     ids = batch.cpu().numpy()
     fig = Figure(figsize=(max(6, min(12, 2 + 0.22 * ids.shape[1])), 0.45 * len(ids) + 1.6))

@@ -4,9 +4,11 @@ import torch
 from torch import nn
 
 from gptclassifier.errors import ConfigError
+from gptclassifier.lora import replace_linear_with_lora
 from gptclassifier.model import GPTModel
+from gptclassifier.profiles import TrainSettings
 
-TRAINABLE_STRATEGIES = ("last_layer", "last_block", "last_two_blocks", "all")
+TRAINABLE_STRATEGIES = ("last_layer", "last_block", "last_two_blocks", "all", "lora")
 
 
 def add_classification_head(model: GPTModel, num_classes: int, seed: int = 123) -> GPTModel:
@@ -18,17 +20,23 @@ def add_classification_head(model: GPTModel, num_classes: int, seed: int = 123) 
     return model
 
 
-def set_trainable(model: GPTModel, strategy: str = "last_block") -> GPTModel:
+def set_trainable(
+    model: GPTModel, strategy: str = "last_block", lora_rank: int = 16, lora_alpha: float = 16
+) -> GPTModel:
     """Freeze the model, then unfreeze the parts that `strategy` names.
 
     last_layer: the output head only; last_block (the chapter): the last transformer block,
-    the final LayerNorm and the head; last_two_blocks: the same with two blocks; all: everything.
+    the final LayerNorm and the head; last_two_blocks: the same with two blocks; all: everything;
+    lora (appendix E): nothing of the model, but a LoRA update of `lora_rank` and `lora_alpha`
+    beside every linear layer, the head's included.
     """
     if strategy not in TRAINABLE_STRATEGIES:
         choices = ", ".join(TRAINABLE_STRATEGIES)
         raise ConfigError(f"unknown trainable strategy {strategy!r}: choose one of {choices}")
     blocks = {"last_layer": 0, "last_block": 1, "last_two_blocks": 2}.get(strategy)
     model.requires_grad_(strategy == "all")
+    if strategy == "lora":
+        replace_linear_with_lora(model, lora_rank, lora_alpha)
     if blocks is not None:
         model.out_head.requires_grad_(True)
         if blocks:
@@ -42,3 +50,25 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return total, trainable
+
+
+def set_causal_mask(model: GPTModel, enabled: bool = True) -> GPTModel:
+    """Let each token attend only to itself and earlier tokens (GPT-2's way), or to all tokens."""
+    for block in model.trf_blocks:
+        block.att.causal = enabled
+    return model
+
+
+def adapt_for_classification(
+    model: GPTModel, settings: TrainSettings, num_classes: int
+) -> GPTModel:
+    """Give a base model the run's head, trainable part and attention mask.
+
+    The head and the LoRA matrices are drawn from `settings.seed`, without touching the global
+    random generator.
+    """
+    add_classification_head(model, num_classes, settings.seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(settings.seed)
+        set_trainable(model, settings.trainable, settings.lora_rank, settings.lora_alpha)
+    return set_causal_mask(model, settings.causal_mask)

@@ -65,7 +65,10 @@ class FeedForward(nn.Module):
 
 
 class MultiHeadAttention(nn.Module):
-    """Causal self-attention: each token attends to itself and the tokens before it."""
+    """Causal self-attention: each token attends to itself and the tokens before it.
+
+    Setting `causal` to False lets every token attend to every other (an experiment of the book).
+    """
 
     def __init__(self, d_in: int, d_out: int, dropout: float, num_heads: int, qkv_bias=False):
         super().__init__()
@@ -75,6 +78,7 @@ class MultiHeadAttention(nn.Module):
         self.num_heads = num_heads
         self.head_dim = d_out // num_heads
         self.dropout = dropout
+        self.causal = True
         self.W_query = nn.Linear(d_in, d_out, bias=qkv_bias)
         self.W_key = nn.Linear(d_in, d_out, bias=qkv_bias)
         self.W_value = nn.Linear(d_in, d_out, bias=qkv_bias)
@@ -88,7 +92,11 @@ class MultiHeadAttention(nn.Module):
         values = self.W_value(x).view(shape).transpose(1, 2)
         # softmax(QK^T / sqrt(head_dim) + causal mask) V, computed by one fused kernel
         context = F.scaled_dot_product_attention(
-            queries, keys, values, dropout_p=self.dropout if self.training else 0.0, is_causal=True
+            queries,
+            keys,
+            values,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=self.causal,
         )
         return self.out_proj(context.transpose(1, 2).reshape(batch, num_tokens, self.d_out))
 

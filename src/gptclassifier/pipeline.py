@@ -12,7 +12,7 @@ from gptclassifier.dataset import create_data_loaders, create_datasets
 from gptclassifier.errors import ConfigError
 from gptclassifier.evaluate import classification_metrics, classifier_runner, confusion_matrix
 from gptclassifier.fast import cache_refusal, choose_precision, has_fused_adamw, parameter_dtype
-from gptclassifier.finetune import add_classification_head, count_parameters, set_trainable
+from gptclassifier.finetune import adapt_for_classification, count_parameters
 from gptclassifier.plots import plot_confusion_matrix, plot_values, save_figure
 from gptclassifier.prepare import SPLIT_NAMES, prepare_splits, write_splits
 from gptclassifier.profiles import TrainSettings, get_profile
@@ -47,7 +47,7 @@ def fine_tune(
     say = log or (lambda line: None)
     phases = Phases()
     ensure_run_dir_free(out_dir, force)  # before hours of training, not after
-    splits = prepare_splits(labeled, seed=settings.seed)
+    splits = prepare_splits(labeled, seed=settings.split_seed)
     if len(splits["train"]) < settings.batch_size:
         raise ConfigError(
             f"the batch size of {settings.batch_size} is more than the "
@@ -56,12 +56,13 @@ def fine_tune(
     device = choose_device()
     precision = choose_precision(device, settings.precision)
     with phases.measure("model"):
-        base = load_base_model(settings.model, settings.seed)
-        model = add_classification_head(base.model, len(labeled.classes), settings.seed)
-        set_trainable(model, settings.trainable)
+        base = load_base_model(settings.model, settings.seed, settings.weights)
+        model = adapt_for_classification(base.model, settings, len(labeled.classes))
         model.to(device, parameter_dtype(precision))
     with phases.measure("tokenizing"):
-        datasets = create_datasets(splits, get_tokenizer(), base.config["context_length"])
+        datasets = create_datasets(
+            splits, get_tokenizer(), base.config["context_length"], settings.padding
+        )
         trim = settings.trims_padding
         loaders = create_data_loaders(
             datasets, settings.batch_size, trim=trim, bucket=trim and settings.bucket
@@ -89,7 +90,7 @@ def fine_tune(
         history = train_classifier(
             runner, loaders["train"], loaders["validation"], optimizer, device,
             settings.num_epochs, settings.eval_freq, settings.eval_iter, settings.pooling,
-            progress, log=log,
+            progress, log=log, ignore_index=settings.ignore_index,
         )  # fmt: skip
     with phases.measure("evaluation"):
         metrics = {
@@ -118,7 +119,7 @@ def fine_tune(
         write_json(staging / "metrics.json", metrics)
         write_json(staging / "history.json", history.as_dict())
         write_splits(
-            splits, labeled, staging / "data", parsing=settings.parsing, seed=settings.seed
+            splits, labeled, staging / "data", parsing=settings.parsing, seed=settings.split_seed
         )
         _save_plots(staging, history, metrics["test"]["confusion_matrix"], labeled.classes)
     return RunResult(Path(out_dir), history, metrics, config, phases)

@@ -17,8 +17,14 @@ class TrainSettings:
     """Everything that decides a fine-tuning run; the defaults are the chapter's."""
 
     model: str = "gpt2-small"
+    weights: str = "pretrained"  # "random": seeded random weights, by choice
     trainable: str = "last_block"
+    lora_rank: int = 16  # trainable "lora": the rank and scale of each low-rank update
+    lora_alpha: float = 16.0
     pooling: str = "last"
+    padding: str = "longest"  # to the longest training message; "context": the model's context
+    causal_mask: bool = True  # False: every token attends to every other
+    ignore_index: int = -100  # the class index that the loss skips (-100, as PyTorch: none)
     parsing: str = "book"  # the chapter's pandas read (5,572 messages); "exact" keeps 5,574
     loop: str = "fast"  # frozen blocks once per message; "chapter": every block every step
     precision: str = "float32"  # "bfloat16", "float64", or "auto" (bfloat16 where native)
@@ -31,6 +37,12 @@ class TrainSettings:
     eval_freq: int = 50
     eval_iter: int = 5
     seed: int = 123
+    data_seed: int | None = None  # of balancing and splitting; None: `seed`
+
+    @property
+    def split_seed(self) -> int:
+        """The seed that balances and splits the data."""
+        return self.seed if self.data_seed is None else self.data_seed
 
     @property
     def trims_padding(self) -> bool:
@@ -40,7 +52,7 @@ class TrainSettings:
     def __post_init__(self):
         if self.loop not in LOOPS:
             raise ConfigError(f"unknown loop {self.loop!r}: choose one of {', '.join(LOOPS)}")
-        for name in ("num_epochs", "batch_size", "eval_freq", "eval_iter"):
+        for name in ("num_epochs", "batch_size", "eval_freq", "eval_iter", "lora_rank"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a whole number of at least 1, not {value!r}")

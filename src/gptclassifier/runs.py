@@ -11,10 +11,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from gptclassifier.errors import DataError, DownloadError, GptClassifierError
+from gptclassifier.errors import ConfigError, DataError, DownloadError, GptClassifierError
 from gptclassifier.fast import parameter_dtype
-from gptclassifier.finetune import add_classification_head, set_trainable
+from gptclassifier.finetune import adapt_for_classification
 from gptclassifier.model import GPTModel
+from gptclassifier.profiles import TrainSettings
 from gptclassifier.weights import base_digest, rebuild_base_model
 
 MODEL_FILE = "model.safetensors"
@@ -63,7 +64,7 @@ def write_json(path: Path, data: dict) -> None:
 def save_model(run_dir: Path, model: GPTModel, config: dict, everything: bool = False) -> None:
     """Save what training changed as model.safetensors, and the configuration as config.json.
 
-    What training changed is the trainable parameters (the new head among them): loading
+    What training changed is the trainable parameters and the new head: loading
     rebuilds the base model that config["provenance"]["weights"] names and checks it against
     the digest recorded there. `everything` saves every parameter instead, a standalone model.
     """
@@ -95,11 +96,11 @@ def load_run(run_dir: Path, device: torch.device | str = "cpu") -> tuple[GPTMode
     try:
         config = json.loads((run_dir / CONFIG_FILE).read_text(encoding="utf-8"))
         everything = config.get("saved_parameters", SAVED_EVERYTHING) == SAVED_EVERYTHING
+        settings = TrainSettings(**config["training"])
         model = GPTModel(config["model"]) if everything else _base_of(run_dir, config)
-        add_classification_head(model, len(config["classes"]))
-        set_trainable(model, config["training"]["trainable"])
+        adapt_for_classification(model, settings, len(config["classes"]))
         model.to(parameter_dtype(config["precision"]))
-    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError, ConfigError) as exc:
         raise DataError(
             f"{run_dir / CONFIG_FILE}: not a gptclassifier run configuration ({exc})"
         ) from None
@@ -113,11 +114,15 @@ def load_run(run_dir: Path, device: torch.device | str = "cpu") -> tuple[GPTMode
 
 
 def _saved_parameters(model: GPTModel, everything: bool) -> dict[str, torch.Tensor]:
-    """Return the parameters a run's model.safetensors holds: all, or the trainable ones."""
+    """Return the parameters a run's model.safetensors holds: all, or the trainable ones.
+
+    The head is always among them: it is not part of the base model, even where it stays frozen
+    (beside LoRA's updates).
+    """
     return {
         name: parameter
         for name, parameter in model.named_parameters()
-        if everything or parameter.requires_grad
+        if everything or parameter.requires_grad or name.startswith("out_head.")
     }
 
 
@@ -153,7 +158,7 @@ def _check_shapes(expected: dict, state: dict, run_dir: Path) -> None:
         if state[name].shape != tensor.shape:
             what = (
                 f"{state[name].shape[0]} classes in the weights, {tensor.shape[0]} in {CONFIG_FILE}"
-                if name.startswith("out_head")
+                if name.startswith("out_head.") and ".lora." not in name
                 else f"{name} has shape {tuple(state[name].shape)}, expected {tuple(tensor.shape)}"
             )
             raise DataError(f"{run_dir / MODEL_FILE} does not match {CONFIG_FILE}: {what}")

@@ -13,7 +13,8 @@ from tqdm.auto import tqdm
 from gptclassifier.errors import ConfigError
 from gptclassifier.tokenizer import PAD_TOKEN_ID
 
-POOLINGS = ("last", "first", "flexible")
+POOLINGS = ("last", "first", "flexible", "mean")
+IGNORE_NONE = -100  # cross_entropy's default ignore_index: no class is skipped
 
 
 def check_pooling(pooling: str) -> None:
@@ -29,9 +30,11 @@ def pooled_positions(
 
     `last` is the chapter's choice, `first` the first token, and `flexible` the last real token
     of each right-padded message: the only position that has seen the whole message and
-    nothing else, so its logits do not depend on the padding.
+    nothing else, so its logits do not depend on the padding. (`mean` reads every position.)
     """
     check_pooling(pooling)
+    if pooling == "mean":
+        raise ConfigError("mean pooling averages every position's logits: it has no one position")
     batch, width = input_batch.shape
     if pooling == "last":
         return torch.full((batch,), width - 1, device=input_batch.device)
@@ -43,7 +46,13 @@ def pooled_positions(
 def pool_logits(
     logits: torch.Tensor, input_batch: torch.Tensor, pooling="last", pad_token_id=PAD_TOKEN_ID
 ) -> torch.Tensor:
-    """Keep one position's logits per message (see pooled_positions)."""
+    """Keep one position's logits per message (see pooled_positions), or their mean over all.
+
+    `mean` averages the logits of every position, padding included, as the book's
+    `--average_embeddings` experiment does.
+    """
+    if pooling == "mean":
+        return logits.mean(dim=1)
     positions = pooled_positions(input_batch, pooling, pad_token_id)
     return logits[torch.arange(len(logits), device=logits.device), positions]
 
@@ -58,10 +67,13 @@ def classifier_logits(
     return pool_logits(logits, input_batch, pooling, pad_token_id)
 
 
-def calc_loss_batch(input_batch, target_batch, model, device, pooling="last") -> torch.Tensor:
-    """Return the cross-entropy loss of one batch."""
+def calc_loss_batch(
+    input_batch, target_batch, model, device, pooling="last", ignore_index=IGNORE_NONE
+) -> torch.Tensor:
+    """Return the cross-entropy loss of one batch; messages of class `ignore_index` do not count."""
     input_batch, target_batch = input_batch.to(device), target_batch.to(device)
-    return F.cross_entropy(classifier_logits(model, input_batch, pooling), target_batch)
+    logits = classifier_logits(model, input_batch, pooling)
+    return F.cross_entropy(logits, target_batch, ignore_index=ignore_index)
 
 
 @contextlib.contextmanager
@@ -85,11 +97,13 @@ def _batches(data_loader, num_batches: int | None):
         yield batch
 
 
-def calc_loss_loader(data_loader, model, device, num_batches=None, pooling="last") -> float:
+def calc_loss_loader(
+    data_loader, model, device, num_batches=None, pooling="last", ignore_index=IGNORE_NONE
+) -> float:
     """Return the mean loss over the first `num_batches` batches (NaN for an empty loader)."""
     with evaluating(model):
         losses = [
-            calc_loss_batch(inputs, targets, model, device, pooling).item()
+            calc_loss_batch(inputs, targets, model, device, pooling, ignore_index).item()
             for inputs, targets in _batches(data_loader, num_batches)
         ]
     return sum(losses) / len(losses) if losses else float("nan")
@@ -106,10 +120,12 @@ def calc_accuracy_loader(data_loader, model, device, num_batches=None, pooling="
     return correct / total if total else float("nan")
 
 
-def evaluate_model(model, train_loader, val_loader, device, eval_iter, pooling="last"):
+def evaluate_model(
+    model, train_loader, val_loader, device, eval_iter, pooling="last", ignore_index=IGNORE_NONE
+):
     """Return the training and validation loss over `eval_iter` batches each."""
-    train_loss = calc_loss_loader(train_loader, model, device, eval_iter, pooling)
-    val_loss = calc_loss_loader(val_loader, model, device, eval_iter, pooling)
+    train_loss = calc_loss_loader(train_loader, model, device, eval_iter, pooling, ignore_index)
+    val_loss = calc_loss_loader(val_loader, model, device, eval_iter, pooling, ignore_index)
     return train_loss, val_loss
 
 
@@ -149,13 +165,14 @@ def train_classifier(
     progress: bool = True,
     on_update: Callable[[History], None] | None = None,
     log: Callable[[str], None] | None = None,
+    ignore_index: int = IGNORE_NONE,
 ) -> History:
     """Train as the chapter does; evaluate every `eval_freq` steps and after every epoch.
 
     Losses are measured on `eval_iter` batches of each loader every `eval_freq` steps, starting
     with the first step; accuracies on `eval_iter` batches at the end of each epoch.
     `on_update` is called with the history after each measurement (for live plots), and `log`
-    with the chapter's progress lines.
+    with the chapter's progress lines. Messages of class `ignore_index` add nothing to the loss.
     """
     say = log or (lambda line: None)
     history = History(num_epochs)
@@ -169,7 +186,7 @@ def train_classifier(
         )
         for input_batch, target_batch in train_loader:
             optimizer.zero_grad()
-            loss = calc_loss_batch(input_batch, target_batch, model, device, pooling)
+            loss = calc_loss_batch(input_batch, target_batch, model, device, pooling, ignore_index)
             loss.backward()
             optimizer.step()
             history.examples_seen += input_batch.shape[0]
@@ -177,7 +194,7 @@ def train_classifier(
             bar.update()
             if global_step % eval_freq == 0:
                 train_loss, val_loss = evaluate_model(
-                    model, train_loader, val_loader, device, eval_iter, pooling
+                    model, train_loader, val_loader, device, eval_iter, pooling, ignore_index
                 )
                 history.train_losses.append(train_loss)
                 history.val_losses.append(val_loss)

@@ -11,11 +11,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from gptclassifier.download import sha256_of
-from gptclassifier.errors import DataError, DownloadError, warn_fallback
+from gptclassifier.errors import ConfigError, DataError, DownloadError, warn_fallback
 from gptclassifier.model import GPT_SIZES, GPTModel, model_config
 from gptclassifier.profiles import strict_mode
 
 WEIGHTS_FILE = "model.safetensors"
+WEIGHT_CHOICES = ("pretrained", "random")
 
 
 @dataclass(frozen=True)
@@ -164,14 +165,20 @@ def rebuild_base_model(name: str, provenance: dict) -> GPTModel:
         return GPTModel(model_config(name))
 
 
-def load_base_model(name: str, seed: int = 123) -> BaseModel:
+def load_base_model(name: str, seed: int = 123, weights: str = "pretrained") -> BaseModel:
     """Return the pretrained model, or (offline) seeded random weights with a loud warning.
 
-    Sizes without published weights (the tiny `gpt2-nano`) start from random weights quietly;
-    $GPTCLASSIFIER_STRICT turns a failed download into an error instead of a fallback.
+    Sizes without published weights (the tiny `gpt2-nano`) start from random weights quietly,
+    as does `weights="random"`; $GPTCLASSIFIER_STRICT turns a failed download into an error
+    instead of a fallback.
     """
+    if weights not in WEIGHT_CHOICES:
+        choices = ", ".join(WEIGHT_CHOICES)
+        raise ConfigError(f"unknown weights {weights!r}: choose one of {choices}")
     config = model_config(name)
-    if name in HUB_CHECKPOINTS:
+    if weights == "random":
+        note = "random weights were chosen"
+    elif name in HUB_CHECKPOINTS:
         checkpoint = HUB_CHECKPOINTS[name]
         try:
             path = download_gpt2(name)
