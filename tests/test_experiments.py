@@ -1,6 +1,7 @@
 """The book's experiment table by one call: rows, seeds, baselines, skipping, failures, tables."""
 
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -102,6 +103,18 @@ def test_rows_already_run_are_read_not_run_again(grid, practice, monkeypatch):
     monkeypatch.setattr(experiments, "fine_tune", must_not_train)
     again = run_experiments(practice, out, ROWS, [1, 2], "smoke", QUICK, progress=False)
     pd.testing.assert_frame_equal(again, results)
+
+
+def test_a_run_made_with_other_settings_is_not_taken_for_the_one_asked(grid, practice, tmp_path):
+    out, _ = grid
+    run = tmp_path / "chapter" / "seed-1"
+    shutil.copytree(out / "chapter" / "seed-1", run)  # trained for one epoch
+    other = run_experiments(practice, tmp_path, ["chapter", "tfidf"], [1], "smoke", progress=False)
+    assert other["status"].tolist() == ["failed", "ok"]
+    assert other.loc[0, "error"] == (
+        f"{run} was run with num_epochs 1, not 5: add --redo to run it again"
+    )
+    assert json.loads((run / "config.json").read_text())["training"]["num_epochs"] == 1
 
 
 def test_a_failed_run_is_recorded_and_the_others_go_on(practice, tmp_path, monkeypatch):

@@ -46,9 +46,9 @@ def output_text(cell: dict) -> str:
     return "".join(parts)
 
 
-def test_there_are_eleven_lessons_and_the_readme_names_each():
+def test_there_are_twelve_lessons_and_the_readme_names_each():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    assert [lesson.name[:2] for lesson in LESSONS] == [f"{n:02d}" for n in range(1, 12)]
+    assert [lesson.name[:2] for lesson in LESSONS] == [f"{n:02d}" for n in range(1, 13)]
     assert [lesson.stem for lesson in LESSONS if f"`{lesson.stem}`" not in readme] == []
 
 

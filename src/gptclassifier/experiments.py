@@ -3,7 +3,7 @@
 import json
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +14,7 @@ from gptclassifier.baselines import baseline_metrics
 from gptclassifier.book_experiments import EXPERIMENTS, Experiment, choose_experiments
 from gptclassifier.data import LabeledData
 from gptclassifier.download import atomic_writer
+from gptclassifier.errors import ConfigError
 from gptclassifier.pipeline import fine_tune
 from gptclassifier.plots import save_figure
 from gptclassifier.prepare import SPLIT_NAMES, prepare_splits, write_splits
@@ -56,16 +57,18 @@ def run_experiments(
         [(experiment, seed) for experiment in experiments for seed in seeds], start=1
     ):
         run_dir = out_dir / experiment.name / f"seed-{seed}"
+        settings = replace(common, seed=seed, **experiment.settings)
         what = f"[{index}/{len(experiments) * len(seeds)}] {experiment.name}, seed {seed}"
-        if redo or not (run_dir / METRICS_FILE).is_file():
-            try:
-                _run(experiment, labeled, run_dir, replace(common, seed=seed), profile, progress)
-            except Exception as exc:  # a failed run is recorded and the others go on
-                lines.append(_failed(experiment, seed, run_dir, exc))
-                say(f"{what}: failed: {exc}")
-                continue
-        else:
-            say(f"{what}: already run, read from {run_dir}")
+        try:
+            if redo or not (run_dir / METRICS_FILE).is_file():
+                _run(experiment, labeled, run_dir, settings, profile, progress)
+            else:
+                _check_current(run_dir, experiment, settings, labeled)
+                say(f"{what}: already run, read from {run_dir}")
+        except Exception as exc:  # a failed run is recorded and the others go on
+            lines.append(_failed(experiment, seed, run_dir, exc))
+            say(f"{what}: failed: {exc}")
+            continue
         lines.append(_result(experiment, seed, run_dir))
         say(f"{what}: {_accuracies(lines[-1])}")
     results = pd.DataFrame(lines)
@@ -74,8 +77,7 @@ def run_experiments(
 
 
 def _run(experiment, labeled, run_dir, settings: TrainSettings, profile, progress) -> None:
-    """Fine-tune (or fit a baseline) for one experiment into `run_dir`; the split stays put."""
-    settings = replace(settings, **experiment.settings)
+    """Fine-tune (or fit a baseline) for one experiment into `run_dir`."""
     if experiment.baseline is None:
         fine_tune(labeled, settings, run_dir, profile, force=True, progress=progress)
         return
@@ -92,6 +94,28 @@ def _run(experiment, labeled, run_dir, settings: TrainSettings, profile, progres
         write_json(staging / CONFIG_FILE, config)
         write_splits(
             splits, labeled, staging / "data", parsing=settings.parsing, seed=settings.split_seed
+        )
+
+
+def _check_current(
+    run_dir: Path, experiment: Experiment, settings: TrainSettings, labeled: LabeledData
+) -> None:
+    """Raise a ConfigError when a finished run used other data or settings than asked for."""
+    config = json.loads((run_dir / CONFIG_FILE).read_text(encoding="utf-8"))
+    if config.get("provenance", {}).get("data", {}).get("sha256") != labeled.provenance.sha256:
+        differs = ["other data"]
+    elif experiment.baseline is not None:
+        differs = [] if config.get("seed") == settings.seed else ["another seed"]
+    else:
+        asked, recorded = asdict(settings), config.get("training", {})
+        differs = [
+            f"{name} {recorded.get(name)!r}, not {value!r}"
+            for name, value in asked.items()
+            if recorded.get(name) != value
+        ]
+    if differs:
+        raise ConfigError(
+            f"{run_dir} was run with {'; '.join(differs)}: add --redo to run it again"
         )
 
 
@@ -149,9 +173,10 @@ def summarize(results: pd.DataFrame) -> pd.DataFrame:
     order = list(dict.fromkeys(results["experiment"]))
     stats = finished.groupby("experiment", sort=False)[columns].agg(["mean", "std", "min", "max"])
     stats.columns = [f"{column}_{stat}" for column, stat in stats.columns]
-    stats["seeds"] = finished.groupby("experiment", sort=False).size()
+    stats = stats.reindex(order)  # a row whose every run failed keeps its line
+    stats["seeds"] = finished.groupby("experiment").size().reindex(order, fill_value=0)
     stats["failed"] = (results["status"] != "ok").groupby(results["experiment"]).sum()
-    return stats.reindex(order).fillna({"seeds": 0}).astype({"seeds": int})
+    return stats
 
 
 def markdown_table(results: pd.DataFrame) -> str:
