@@ -201,3 +201,22 @@ def test_seeds_must_be_whole_numbers(tmp_path, capsys):
         main(["experiments", "--seeds", "1,two", "--out", str(tmp_path / "x")])
     assert exited.value.code == 2
     assert "seeds are whole numbers, not '1,two'" in capsys.readouterr().err
+
+
+def test_ctrl_c_keeps_the_runs_finished_so_far_and_says_so(tmp_path, capsys, monkeypatch):
+    real = experiments.baseline_metrics
+
+    def ctrl_c_on_the_second(name, *args, **kwargs):
+        if name == "tfidf":
+            raise KeyboardInterrupt
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(experiments, "baseline_metrics", ctrl_c_on_the_second)
+    args = ["experiments", "--profile", "smoke", "--rows", "majority,tfidf", "--out", str(tmp_path)]
+    assert main(args) == 130
+    assert capsys.readouterr().err == (
+        f"gptclassifier: interrupted; the runs finished so far are kept in {tmp_path}; "
+        "the same command goes on from there\n"
+    )
+    assert (tmp_path / "majority" / "seed-123" / "metrics.json").is_file()
+    assert not (tmp_path / "tfidf").exists()

@@ -143,6 +143,11 @@ def test_a_lora_run_saves_its_updates_and_the_head_and_loads_back(tmp_path, conf
     assert {n for n, p in model.named_parameters() if p.requires_grad} == {
         n for n in lora.state_dict() if ".lora." in n
     }
+    standalone = tmp_path / "standalone"
+    standalone.mkdir()
+    save_model(standalone, lora, lora_config, everything=True)  # base, updates and head
+    with torch.no_grad():
+        assert torch.equal(load_run(standalone)[0](tokens), lora(tokens))
 
 
 def test_a_standalone_run_needs_no_base(tmp_path, classifier):

@@ -306,6 +306,8 @@ def _what_was_kept(args: argparse.Namespace) -> str:
     out = getattr(args, "out", None)
     if out is None:
         return "nothing was written"
+    if args.command == "experiments":
+        return f"the runs finished so far are kept in {out}; the same command goes on from there"
     if Path(out).exists():
         return f"nothing was written; {out} is kept as it was"
     return f"nothing was written; {out} was not created"
