@@ -1,7 +1,6 @@
 """Lesson helpers: what a lesson runs on, and the package's own code shown where it is taught."""
 
 import inspect
-import json
 import os
 from dataclasses import asdict
 from pathlib import Path
@@ -11,6 +10,7 @@ from IPython.display import Code
 from gptclassifier.data import SMS_FILE_VARIABLE, LabeledData, load_data, sms_cache_path
 from gptclassifier.pipeline import fine_tune
 from gptclassifier.profiles import Profile, get_profile
+from gptclassifier.runs import read_json
 from gptclassifier.weights import HUB_CHECKPOINTS, cached_gpt2
 
 PROFILE_PURPOSES = {
@@ -79,7 +79,7 @@ def _is_current(config_file: Path, profile: Profile, data: LabeledData) -> bool:
     """Tell whether a saved run used the profile's settings, these data and today's weights."""
     if not config_file.is_file():
         return False
-    config = json.loads(config_file.read_text(encoding="utf-8"))
+    config = read_json(config_file)
     provenance = config.get("provenance", {})
     # Trained offline on random weights, a run is stale once the pretrained ones are cached.
     random_weights_now = not _pretrained_cached(profile.training.model)

@@ -1,6 +1,5 @@
 """Running the book's design experiments over several seeds, and their table and figure."""
 
-import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
@@ -19,7 +18,7 @@ from gptclassifier.pipeline import fine_tune
 from gptclassifier.plots import save_figure
 from gptclassifier.prepare import SPLIT_NAMES, prepare_splits, write_splits
 from gptclassifier.profiles import TrainSettings, train_settings
-from gptclassifier.runs import CONFIG_FILE, run_writer, write_json
+from gptclassifier.runs import CONFIG_FILE, read_json, run_writer, write_json
 
 RESULTS_FILE = "results.csv"
 TABLE_FILE = "results.md"
@@ -62,14 +61,16 @@ def run_experiments(
         try:
             if redo or not (run_dir / METRICS_FILE).is_file():
                 _run(experiment, labeled, run_dir, settings, profile, progress)
+                config = read_json(run_dir / CONFIG_FILE)
             else:
-                _check_current(run_dir, experiment, settings, labeled)
+                config = read_json(run_dir / CONFIG_FILE)
+                _check_current(run_dir, config, experiment, settings, labeled)
                 say(f"{what}: already run, read from {run_dir}")
         except Exception as exc:  # a failed run is recorded and the others go on
             lines.append(_failed(experiment, seed, run_dir, exc))
             say(f"{what}: failed: {exc}")
             continue
-        lines.append(_result(experiment, seed, run_dir))
+        lines.append(_result(experiment, seed, run_dir, config))
         say(f"{what}: {_accuracies(lines[-1])}")
     results = pd.DataFrame(lines)
     write_results(results, out_dir)
@@ -98,10 +99,13 @@ def _run(experiment, labeled, run_dir, settings: TrainSettings, profile, progres
 
 
 def _check_current(
-    run_dir: Path, experiment: Experiment, settings: TrainSettings, labeled: LabeledData
+    run_dir: Path,
+    config: dict,
+    experiment: Experiment,
+    settings: TrainSettings,
+    labeled: LabeledData,
 ) -> None:
-    """Raise a ConfigError when a finished run used other data or settings than asked for."""
-    config = json.loads((run_dir / CONFIG_FILE).read_text(encoding="utf-8"))
+    """Raise a ConfigError when a finished run's `config` names other data or settings."""
     if config.get("provenance", {}).get("data", {}).get("sha256") != labeled.provenance.sha256:
         differs = ["other data"]
     elif experiment.baseline is not None:
@@ -119,16 +123,11 @@ def _check_current(
         )
 
 
-def _result(experiment: Experiment, seed: int, run_dir: Path) -> dict:
-    """Return one line of results.csv from a finished run folder."""
-    metrics = json.loads((run_dir / METRICS_FILE).read_text(encoding="utf-8"))
-    config = json.loads((run_dir / CONFIG_FILE).read_text(encoding="utf-8"))
+def _result(experiment: Experiment, seed: int, run_dir: Path, config: dict) -> dict:
+    """Return one line of results.csv from a finished run folder and its configuration."""
+    metrics = read_json(run_dir / METRICS_FILE)
     history_file = run_dir / "history.json"
-    minutes = (
-        json.loads(history_file.read_text(encoding="utf-8"))["seconds"] / 60
-        if history_file.is_file()
-        else math.nan
-    )
+    minutes = read_json(history_file)["seconds"] / 60 if history_file.is_file() else math.nan
     line = _line(experiment, seed, run_dir, status="ok")
     for split in SPLIT_NAMES:
         line[f"{split}_accuracy"] = 100 * metrics[split]["accuracy"]

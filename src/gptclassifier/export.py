@@ -7,9 +7,9 @@ import torch
 from safetensors.torch import save_file
 
 from gptclassifier.errors import ConfigError
+from gptclassifier.finetune import has_causal_mask
 from gptclassifier.lora import merge_lora
 from gptclassifier.model import GPTModel
-from gptclassifier.profiles import TrainSettings
 from gptclassifier.runs import CONFIG_FILE, MODEL_FILE, load_run, run_writer, save_model, write_json
 from gptclassifier.tokenizer import END_OF_TEXT, PAD_TOKEN_ID, vocabulary_files
 from gptclassifier.weights import (
@@ -54,7 +54,7 @@ def export_transformers(run_dir: Path, out_dir: Path, force: bool = False) -> Pa
             f"{run_dir} classifies at {reads[config['pooling']]}, and transformers' "
             "GPT2ForSequenceClassification reads the last token: it cannot be exported to it"
         )
-    if not TrainSettings(**config["training"]).causal_mask:
+    if not has_causal_mask(model):
         raise ConfigError(
             f"{run_dir} was trained without the causal mask, and transformers' GPT-2 always "
             "applies it: it cannot be exported to it"

@@ -15,6 +15,7 @@ from torch import nn
 from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
 from gptclassifier.errors import ConfigError
+from gptclassifier.finetune import has_causal_mask
 from gptclassifier.model import GPTModel, TransformerBlock
 from gptclassifier.tokenizer import PAD_TOKEN_ID
 from gptclassifier.train import check_pooling, pool_logits, pooled_positions
@@ -45,7 +46,7 @@ def cache_refusal(model: GPTModel) -> str | None:
     """Return why the frozen-prefix cache cannot serve `model`, in words, or None if it can."""
     if frozen_blocks(model) == 0:
         return "the embeddings or the first block are trained, so no frozen part can be cached"
-    if not all(block.att.causal for block in model.trf_blocks):
+    if not has_causal_mask(model):
         return "without the causal mask every state depends on the padding after it"
     dropout = max((m.p for m in model.modules() if isinstance(m, nn.Dropout)), default=0.0)
     if dropout > 0:

@@ -59,6 +59,11 @@ def set_causal_mask(model: GPTModel, enabled: bool = True) -> GPTModel:
     return model
 
 
+def has_causal_mask(model: GPTModel) -> bool:
+    """Return whether every block of `model` lets each token attend only to earlier ones."""
+    return all(block.att.causal for block in model.trf_blocks)
+
+
 def adapt_for_classification(
     model: GPTModel, settings: TrainSettings, num_classes: int
 ) -> GPTModel:

@@ -56,6 +56,11 @@ def run_writer(out_dir: Path, force: bool = False):
         shutil.rmtree(previous, ignore_errors=True)
 
 
+def read_json(path: Path) -> dict:
+    """Read a UTF-8 JSON file."""
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
 def write_json(path: Path, data: dict) -> None:
     """Write a dict as indented UTF-8 JSON."""
     Path(path).write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -94,7 +99,7 @@ def load_run(run_dir: Path, device: torch.device | str = "cpu") -> tuple[GPTMode
     if missing:
         raise DataError(f"{run_dir}: incomplete run, {' and '.join(missing)} missing")
     try:
-        config = json.loads((run_dir / CONFIG_FILE).read_text(encoding="utf-8"))
+        config = read_json(run_dir / CONFIG_FILE)
         everything = config.get("saved_parameters", SAVED_EVERYTHING) == SAVED_EVERYTHING
         settings = TrainSettings(**config["training"])
         model = GPTModel(config["model"]) if everything else _base_of(run_dir, config)
