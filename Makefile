@@ -37,7 +37,7 @@ $(SETUP_STAMP): pyproject.toml
 	touch $@
 
 lab: setup ## Open JupyterLab on the lessons, at lesson 1 (LAB_ARGS: more JupyterLab options)
-	$(BIN)/python -m gptclassifier.lab $(LAB_ARGS)
+	$(BIN)/python -m gptclassifier.lessons.lab $(LAB_ARGS)
 
 prepare: setup ## Write the chapter's train/validation/test CSVs to data/prepared
 	$(BIN)/gptclassifier prepare --out data/prepared

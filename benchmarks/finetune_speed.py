@@ -37,19 +37,18 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from gptclassifier.data import LabeledData, Provenance, load_data
-from gptclassifier.dataset import create_datasets
+from gptclassifier.data.loaders import create_datasets
+from gptclassifier.data.practice_set import generate_practice_messages
+from gptclassifier.data.sms import LabeledData, Provenance, load_data
+from gptclassifier.data.splits import prepare_splits
 from gptclassifier.errors import FallbackWarning
-from gptclassifier.fast import choose_precision
-from gptclassifier.flops import Workload, count_flops
-from gptclassifier.model import model_config
-from gptclassifier.pipeline import fine_tune
-from gptclassifier.practice import generate_practice_messages
-from gptclassifier.prepare import prepare_splits
-from gptclassifier.profiles import FASTEST, TrainSettings
-from gptclassifier.tokenizer import get_tokenizer
-from gptclassifier.train import choose_device
-from gptclassifier.weights import cached_gpt2
+from gptclassifier.model.gpt import model_config
+from gptclassifier.model.tokenizer import get_tokenizer
+from gptclassifier.model.weights import cached_gpt2
+from gptclassifier.settings import FASTEST, TrainSettings
+from gptclassifier.training.device import choose_device, choose_precision
+from gptclassifier.training.fine_tune import fine_tune
+from gptclassifier.training.flops import Workload, count_flops
 
 LONGEST_MESSAGE = 120  # tokens: the real data's longest training message
 REAL_SPAM = 747  # spam messages in the real data: balancing keeps as many ham

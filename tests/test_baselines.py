@@ -8,11 +8,11 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import confusion_matrix
 from sklearn.pipeline import make_pipeline
 
-from gptclassifier.baselines import BASELINES, baseline_metrics
-from gptclassifier.data import load_data
+from gptclassifier.data.sms import load_data
+from gptclassifier.data.splits import SPLIT_NAMES, prepare_splits
 from gptclassifier.errors import ConfigError
-from gptclassifier.evaluate import classification_metrics
-from gptclassifier.prepare import SPLIT_NAMES, prepare_splits
+from gptclassifier.evaluation.baselines import BASELINES, baseline_metrics
+from gptclassifier.evaluation.metrics import classification_metrics
 
 HAM, SPAM = 0, 1
 

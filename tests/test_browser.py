@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from gptclassifier.evaluate import classify_with_run
-from gptclassifier.lab import lab_command
+from gptclassifier.evaluation.inference import classify_with_run
+from gptclassifier.lessons.lab import lab_command
 
 BROWSER_VARIABLE = "GPTCLASSIFIER_BROWSER"
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"

@@ -373,7 +373,7 @@ def test_ctrl_c_keeps_the_earlier_run_and_says_so(tmp_path, monkeypatch, capsys,
     def press_ctrl_c(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(f"gptclassifier.pipeline.{stage}", press_ctrl_c)
+    monkeypatch.setattr(f"gptclassifier.training.fine_tune.{stage}", press_ctrl_c)
     args = ["train", "--profile", "smoke", "--out", str(out), "--force", "--no-progress"]
     assert main(args) == 130
     err = capsys.readouterr().err

@@ -5,10 +5,11 @@ import json
 
 import pytest
 
-from gptclassifier.course import describe_sources, fine_tuned_run, show_source, start_lesson
-from gptclassifier.data import create_balanced_dataset, sms_cache_path
-from gptclassifier.dataset import SpamDataset
-from gptclassifier.weights import HUB_CHECKPOINTS
+from gptclassifier.data.loaders import SpamDataset
+from gptclassifier.data.sms import sms_cache_path
+from gptclassifier.data.splits import create_balanced_dataset
+from gptclassifier.lessons.course import describe_sources, fine_tuned_run, show_source, start_lesson
+from gptclassifier.model.weights import HUB_CHECKPOINTS
 
 
 def test_smoke_profile_says_practice_data_and_random_weights():

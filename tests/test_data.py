@@ -9,19 +9,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gptclassifier.data import (
+from gptclassifier.data.practice_set import practice_file
+from gptclassifier.data.sms import (
     SMS_MEMBER,
     class_names,
-    create_balanced_dataset,
     download_sms_spam,
-    encode_labels,
     load_data,
-    random_split,
     read_labeled_table,
     read_sms_spam,
 )
-from gptclassifier.errors import DataError, DownloadError, FallbackWarning
-from gptclassifier.practice import practice_file
+from gptclassifier.data.splits import create_balanced_dataset, encode_labels, random_split
+from gptclassifier.errors import ConfigError, DataError, DownloadError, FallbackWarning
 
 SMALL_SMS = 'ham\tSee you at 7\nspam\tWIN a prize!\tReply now\nham\t"Lunch?" she asked\nham\tok\n'
 PLAIN_SMS = "ham\tSee you at 7\nspam\tWIN a prize! Reply now\nham\tok\n"  # same in both parsings
@@ -142,7 +140,7 @@ def test_book_parsing_reports_what_pandas_cannot_read(tmp_path):
 
 
 def test_unknown_parsing_is_an_error(tmp_path):
-    with pytest.raises(DataError, match="unknown parsing 'fast'"):
+    with pytest.raises(ConfigError, match="unknown parsing 'fast'"):
         read_sms_spam(write(tmp_path, SMALL_SMS), parsing="fast")
 
 

@@ -8,14 +8,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gptclassifier.dataset import (
+from gptclassifier.data.loaders import (
     SpamDataset,
     create_data_loaders,
     create_datasets,
     trim_padding,
 )
 from gptclassifier.errors import ConfigError, DataError
-from gptclassifier.tokenizer import get_tokenizer
+from gptclassifier.model.tokenizer import get_tokenizer
 
 PAD = 50256
 SHORT, MEDIUM, LONG = "Hi", "See you at the station at six", "Win a brand new car " * 5

@@ -11,14 +11,9 @@ import zipfile
 
 import pytest
 
-from gptclassifier.download import (
-    atomic_writer,
-    cache_dir,
-    download_file,
-    read_zip_member,
-    sha256_of,
-)
+from gptclassifier.download import download_file
 from gptclassifier.errors import DataError, DownloadError
+from gptclassifier.files import atomic_writer, cache_dir, read_zip_member, sha256_of
 
 PAYLOAD = b"label\ttext\n" * 1000
 PAYLOAD_SHA256 = hashlib.sha256(PAYLOAD).hexdigest()

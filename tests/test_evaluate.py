@@ -12,24 +12,26 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from gptclassifier.errors import DataError
-from gptclassifier.evaluate import (
+from gptclassifier.evaluation.inference import (
     Prediction,
-    choose_threshold,
-    class_probabilities,
-    classification_metrics,
     classify_review,
     classify_text,
     classify_texts,
-    confusion_at_threshold,
-    confusion_matrix,
     evaluate_run,
-    precision_recall_curve,
     split_predictions,
 )
-from gptclassifier.finetune import add_classification_head
-from gptclassifier.model import GPTModel, model_config
+from gptclassifier.evaluation.metrics import (
+    choose_threshold,
+    class_probabilities,
+    classification_metrics,
+    confusion_at_threshold,
+    confusion_matrix,
+    precision_recall_curve,
+)
+from gptclassifier.model.classifier import add_classification_head
+from gptclassifier.model.gpt import GPTModel, model_config
+from gptclassifier.model.tokenizer import get_tokenizer
 from gptclassifier.runs import save_model
-from gptclassifier.tokenizer import get_tokenizer
 
 CPU = torch.device("cpu")
 PAD = 50256

@@ -7,14 +7,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gptclassifier import experiments
-from gptclassifier.book_experiments import EXPERIMENTS, choose_experiments
 from gptclassifier.cli import main
-from gptclassifier.data import load_data
+from gptclassifier.data.sms import load_data
 from gptclassifier.errors import ConfigError
-from gptclassifier.experiments import markdown_table, run_experiments, summarize
-from gptclassifier.profiles import TrainSettings
+from gptclassifier.experiments import grid as experiments
+from gptclassifier.experiments.book_table import EXPERIMENTS, choose_experiments
+from gptclassifier.experiments.grid import markdown_table, run_experiments, summarize
 from gptclassifier.runs import load_run
+from gptclassifier.settings import TrainSettings
 
 QUICK = {"num_epochs": 1}
 ROWS = ["chapter", "lora", "mean", "majority", "tfidf"]

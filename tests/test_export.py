@@ -9,15 +9,15 @@ from safetensors.torch import load_file
 
 from gptclassifier.cli import main
 from gptclassifier.errors import ConfigError
-from gptclassifier.evaluate import classify_with_run
+from gptclassifier.evaluation.inference import classify_with_run
 from gptclassifier.export import export_transformers
-from gptclassifier.finetune import adapt_for_classification
-from gptclassifier.lora import merge_lora
-from gptclassifier.profiles import TrainSettings
+from gptclassifier.model.classifier import adapt_for_classification
+from gptclassifier.model.lora import merge_lora
+from gptclassifier.model.tokenizer import PAD_TOKEN_ID, get_tokenizer
+from gptclassifier.model.weights import load_base_model
 from gptclassifier.runs import load_run, save_model
-from gptclassifier.tokenizer import PAD_TOKEN_ID, get_tokenizer
-from gptclassifier.train import pool_logits
-from gptclassifier.weights import load_base_model
+from gptclassifier.settings import TrainSettings
+from gptclassifier.training.pooling import pool_logits
 
 MESSAGES = [
     "WINNER!! Claim your prize now, call 09061701461",

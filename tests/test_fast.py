@@ -6,34 +6,35 @@ import re
 import pytest
 import torch
 
-from gptclassifier import fast
-from gptclassifier.data import load_data
-from gptclassifier.dataset import (
+from gptclassifier.data.loaders import (
     LengthBucketSampler,
     create_data_loaders,
     create_datasets,
     trim_padding,
 )
+from gptclassifier.data.sms import load_data
+from gptclassifier.data.splits import prepare_splits
 from gptclassifier.errors import ConfigError
-from gptclassifier.fast import (
+from gptclassifier.model.classifier import add_classification_head, set_causal_mask, set_trainable
+from gptclassifier.model.gpt import GPTModel, TransformerBlock, model_config
+from gptclassifier.model.tokenizer import PAD_TOKEN_ID, get_tokenizer
+from gptclassifier.training import runners as fast
+from gptclassifier.training.device import bf16_is_fast, choose_precision, has_fused_adamw
+from gptclassifier.training.loop import evaluating, train_classifier
+from gptclassifier.training.pooling import pool_logits
+from gptclassifier.training.runners import (
     GIB,
     Autocast,
     FrozenPrefixCache,
+    PooledModel,
     available_memory,
-    bf16_is_fast,
     block_at_positions,
     cache_refusal,
     cache_storage,
-    choose_precision,
+    classifier_logits,
     frozen_blocks,
-    has_fused_adamw,
     speed_up,
 )
-from gptclassifier.finetune import add_classification_head, set_causal_mask, set_trainable
-from gptclassifier.model import GPTModel, TransformerBlock, model_config
-from gptclassifier.prepare import prepare_splits
-from gptclassifier.tokenizer import PAD_TOKEN_ID, get_tokenizer
-from gptclassifier.train import classifier_logits, evaluating, pool_logits, train_classifier
 
 SMOKE = {"num_epochs": 3, "eval_freq": 5, "eval_iter": 2}
 
@@ -289,9 +290,9 @@ def test_the_cache_refuses_what_it_cannot_serve():
     unmasked = set_causal_mask(classifier(), False)
     assert "without the causal mask" in cache_refusal(unmasked)
     assert "no frozen part" in cache_refusal(classifier("lora"))  # LoRA trains the first block
-    assert isinstance(speed_up(unmasked, "last"), GPTModel)
-    assert isinstance(speed_up(everything, "last"), GPTModel)  # nothing to wrap
-    assert isinstance(speed_up(dropout, "last"), GPTModel)
+    for refused in (unmasked, everything, dropout):  # the whole model runs, as the chapter's
+        runner = speed_up(refused, "last")
+        assert type(runner) is PooledModel and runner.model is refused
 
 
 def edit_in_place(model):
@@ -391,8 +392,8 @@ def test_autocast_returns_float32_logits_close_to_float32():
     model = classifier().eval()
     rows = torch.randint(0, 50000, (2, 12))
     with torch.no_grad():
-        mixed = Autocast(model)(rows)
-        exact = model(rows)
+        mixed = Autocast(PooledModel(model))(rows)
+        exact = pool_logits(model(rows), rows, "last")
     assert mixed.dtype == torch.float32
     assert torch.allclose(mixed, exact, atol=0.1)
     assert isinstance(speed_up(copy.deepcopy(model), "last", "bfloat16"), Autocast)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from matplotlib.colors import to_rgba
 
-from gptclassifier.figures import (
+from gptclassifier.lessons.figures import (
     FROZEN_COLOUR,
     TRAINABLE_COLOUR,
     attention_weights,
@@ -14,9 +14,10 @@ from gptclassifier.figures import (
     draw_pooled_attention,
     model_parts,
 )
-from gptclassifier.finetune import TRAINABLE_STRATEGIES, add_classification_head, set_trainable
-from gptclassifier.model import GPTModel, model_config
-from gptclassifier.tokenizer import PAD_TOKEN_ID, get_tokenizer
+from gptclassifier.model.classifier import add_classification_head, set_trainable
+from gptclassifier.model.gpt import GPTModel, model_config
+from gptclassifier.model.tokenizer import PAD_TOKEN_ID, get_tokenizer
+from gptclassifier.settings import TRAINABLE_STRATEGIES
 
 matplotlib.use("Agg")
 

@@ -4,13 +4,9 @@ import pytest
 import torch
 
 from gptclassifier.errors import ConfigError
-from gptclassifier.finetune import (
-    TRAINABLE_STRATEGIES,
-    add_classification_head,
-    count_parameters,
-    set_trainable,
-)
-from gptclassifier.model import GPTModel, model_config
+from gptclassifier.model.classifier import add_classification_head, count_parameters, set_trainable
+from gptclassifier.model.gpt import GPTModel, model_config
+from gptclassifier.settings import TRAINABLE_STRATEGIES
 
 
 def nano_classifier(num_classes: int = 2, seed: int = 123) -> GPTModel:

@@ -9,11 +9,13 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from gptclassifier.dataset import SpamDataset, create_data_loaders
+from gptclassifier.data.loaders import SpamDataset, create_data_loaders
 from gptclassifier.errors import ConfigError
-from gptclassifier.fast import block_at_positions, speed_up
-from gptclassifier.finetune import add_classification_head, set_trainable
-from gptclassifier.flops import (
+from gptclassifier.model.classifier import add_classification_head, set_trainable
+from gptclassifier.model.gpt import GPTModel, TransformerBlock, model_config
+from gptclassifier.model.tokenizer import PAD_TOKEN_ID
+from gptclassifier.settings import TrainSettings
+from gptclassifier.training.flops import (
     PHASES,
     WAYS,
     Workload,
@@ -25,10 +27,8 @@ from gptclassifier.flops import (
     one_position_block_flops,
     plot_flops,
 )
-from gptclassifier.model import GPTModel, TransformerBlock, model_config
-from gptclassifier.profiles import TrainSettings
-from gptclassifier.tokenizer import PAD_TOKEN_ID
-from gptclassifier.train import train_classifier
+from gptclassifier.training.loop import train_classifier
+from gptclassifier.training.runners import block_at_positions, speed_up
 
 CFG = model_config("gpt2-nano")
 SETTINGS = TrainSettings(num_epochs=2, batch_size=4, eval_freq=3, eval_iter=2)

@@ -7,10 +7,10 @@ import torch
 from torch import nn
 
 from gptclassifier.errors import ConfigError
-from gptclassifier.finetune import add_classification_head, count_parameters, set_trainable
-from gptclassifier.lora import LinearWithLoRA, LoRALayer, merge_lora, replace_linear_with_lora
-from gptclassifier.model import GPTModel, model_config
-from gptclassifier.profiles import TrainSettings
+from gptclassifier.model.classifier import add_classification_head, count_parameters, set_trainable
+from gptclassifier.model.gpt import GPTModel, model_config
+from gptclassifier.model.lora import LinearWithLoRA, LoRALayer, merge_lora, replace_linear_with_lora
+from gptclassifier.settings import TrainSettings
 
 
 def lora_parameters_by_hand(emb_dim: int, n_layers: int, num_classes: int, rank: int) -> int:

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from gptclassifier.errors import ConfigError
-from gptclassifier.model import (
+from gptclassifier.model.gpt import (
     GELU,
     GPTModel,
     LayerNorm,
@@ -17,7 +17,7 @@ from gptclassifier.model import (
     text_to_token_ids,
     token_ids_to_text,
 )
-from gptclassifier.tokenizer import get_tokenizer
+from gptclassifier.model.tokenizer import get_tokenizer
 
 # The sizes OpenAI published for GPT-2 (Radford et al. 2019, and the released hparams.json).
 PUBLISHED_SIZES = {

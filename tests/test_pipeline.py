@@ -6,12 +6,12 @@ import pandas as pd
 import pytest
 import torch
 
-from gptclassifier.data import load_data
-from gptclassifier.evaluate import classify_with_run, evaluate_run
-from gptclassifier.pipeline import fine_tune
-from gptclassifier.profiles import train_settings
+from gptclassifier.data.sms import load_data
+from gptclassifier.evaluation.inference import classify_with_run, evaluate_run
+from gptclassifier.model.tokenizer import get_tokenizer
 from gptclassifier.runs import load_run
-from gptclassifier.tokenizer import get_tokenizer
+from gptclassifier.settings import train_settings
+from gptclassifier.training.fine_tune import fine_tune
 
 RUN_FILES = {
     "model.safetensors", "config.json", "metrics.json", "history.json", "data",
@@ -104,7 +104,7 @@ def test_training_starts_from_the_seeded_global_generator(tmp_path, monkeypatch,
         seen["fused"] = optimizer.defaults["fused"]
         raise Stop
 
-    monkeypatch.setattr("gptclassifier.pipeline.train_classifier", record)
+    monkeypatch.setattr("gptclassifier.training.fine_tune.train_classifier", record)
     settings = train_settings("smoke", loop=loop, seed=7)
     with pytest.raises(Stop):
         fine_tune(load_data(profile="smoke"), settings, tmp_path / "run", "smoke", progress=False)

@@ -10,14 +10,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from gptclassifier.practice import (
+from gptclassifier.data.practice_set import (
     PRACTICE_SIZE,
     generate_practice_messages,
     practice_bytes,
     practice_file,
     write_practice_file,
 )
-from gptclassifier.tokenizer import get_tokenizer
+from gptclassifier.model.tokenizer import get_tokenizer
 
 GPT2_CONTEXT = 1024
 REAL_SMS_FILE = os.environ.get("GPTCLASSIFIER_TEST_SMS_FILE", "")
@@ -62,7 +62,7 @@ def test_the_same_seed_gives_the_same_bytes_and_another_seed_other_bytes():
 @pytest.mark.parametrize("hash_seed", ["1", "2"])
 def test_the_bytes_do_not_depend_on_string_hashing(hash_seed):
     script = (
-        "import hashlib; from gptclassifier.practice import practice_bytes; "
+        "import hashlib; from gptclassifier.data.practice_set import practice_bytes; "
         "print(hashlib.sha256(practice_bytes()).hexdigest())"
     )
     environment = {**os.environ, "PYTHONHASHSEED": hash_seed}

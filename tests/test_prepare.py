@@ -5,9 +5,9 @@ import json
 import pandas as pd
 import pytest
 
-from gptclassifier.data import LabeledData, Provenance
-from gptclassifier.download import atomic_writer
-from gptclassifier.prepare import SPLIT_NAMES, count_labels, prepare_splits, write_splits
+from gptclassifier.data.sms import LabeledData, Provenance
+from gptclassifier.data.splits import SPLIT_NAMES, count_labels, prepare_splits, write_splits
+from gptclassifier.files import atomic_writer
 
 PROVENANCE = Provenance("local", "/data/messages.tsv", "0" * 64)
 
@@ -67,7 +67,7 @@ def test_write_splits_leaves_nothing_when_a_write_fails(tmp_path, monkeypatch):
             raise OSError("disk full")
         return atomic_writer(path)
 
-    monkeypatch.setattr("gptclassifier.prepare.atomic_writer", failing_writer)
+    monkeypatch.setattr("gptclassifier.data.splits.atomic_writer", failing_writer)
     with pytest.raises(OSError, match="disk full"):
         write_splits(prepare_splits(data), data, out)
     assert list(out.iterdir()) == []  # train.csv and validation.csv were not left behind

@@ -2,8 +2,8 @@
 
 import pytest
 
-from gptclassifier.errors import ConfigError
-from gptclassifier.profiles import get_profile, strict_mode, train_settings
+from gptclassifier.errors import ConfigError, strict_mode
+from gptclassifier.settings import get_profile, train_settings
 
 
 def test_book_is_the_default_with_the_chapters_settings():

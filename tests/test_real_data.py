@@ -13,16 +13,15 @@ import pandas as pd
 import pytest
 
 from gptclassifier.cli import main
-from gptclassifier.data import (
+from gptclassifier.data.sms import (
     SMS_FILE_SHA256,
     SMS_MEMBER,
-    create_balanced_dataset,
     download_sms_spam,
     load_data,
     read_sms_spam,
 )
-from gptclassifier.prepare import SPLIT_NAMES, prepare_splits
-from gptclassifier.tokenizer import get_tokenizer
+from gptclassifier.data.splits import SPLIT_NAMES, create_balanced_dataset, prepare_splits
+from gptclassifier.model.tokenizer import get_tokenizer
 
 
 def chapter_split(path):

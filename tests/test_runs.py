@@ -7,10 +7,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from gptclassifier.errors import DataError, GptClassifierError
-from gptclassifier.finetune import add_classification_head, count_parameters, set_trainable
-from gptclassifier.model import GPTModel, model_config
+from gptclassifier.model.classifier import add_classification_head, count_parameters, set_trainable
+from gptclassifier.model.gpt import GPTModel, model_config
+from gptclassifier.model.weights import base_digest, load_base_model
 from gptclassifier.runs import load_run, run_writer, save_model
-from gptclassifier.weights import base_digest, load_base_model
 
 CONFIG = {
     "model": model_config("gpt2-nano"),

@@ -11,7 +11,7 @@ import tiktoken
 from tiktoken_ext import openai_public
 
 from gptclassifier.errors import DownloadError, FallbackWarning
-from gptclassifier.tokenizer import (
+from gptclassifier.model.tokenizer import (
     PAD_TOKEN_ID,
     VOCABULARY_URL,
     build_tokenizer,
@@ -102,8 +102,8 @@ def test_without_package_files_the_vocabulary_is_downloaded_and_verified(
         raise FileNotFoundError("vocab.bpe")
 
     url = serve_vocabulary(file_server)
-    monkeypatch.setattr("gptclassifier.tokenizer.packaged_vocabulary_files", missing)
-    monkeypatch.setattr("gptclassifier.tokenizer.VOCABULARY_URL", url)
+    monkeypatch.setattr("gptclassifier.model.tokenizer.packaged_vocabulary_files", missing)
+    monkeypatch.setattr("gptclassifier.model.tokenizer.VOCABULARY_URL", url)
     with pytest.warns(FallbackWarning, match="downloading them"):
         tokenizer = get_tokenizer()
     assert tokenizer.encode("Hello, world") == [15496, 11, 995]
@@ -147,9 +147,11 @@ def test_a_damaged_packaged_file_is_replaced_by_a_download(file_server, tmp_path
     damaged.write_bytes(b"#version: 0.2\n")
     _, encoder = packaged_vocabulary_files()
     monkeypatch.setattr(
-        "gptclassifier.tokenizer.packaged_vocabulary_files", lambda: (damaged, encoder)
+        "gptclassifier.model.tokenizer.packaged_vocabulary_files", lambda: (damaged, encoder)
     )
-    monkeypatch.setattr("gptclassifier.tokenizer.VOCABULARY_URL", serve_vocabulary(file_server))
+    monkeypatch.setattr(
+        "gptclassifier.model.tokenizer.VOCABULARY_URL", serve_vocabulary(file_server)
+    )
     with pytest.warns(FallbackWarning, match="vocab.bpe does not have the hash tiktoken expects"):
         vocab, _ = vocabulary_files()
     assert vocab == tmp_path / "cache" / "gpt2-tokenizer" / "vocab.bpe"

@@ -11,26 +11,26 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from gptclassifier.data import load_data
-from gptclassifier.dataset import create_data_loaders, create_datasets
+from gptclassifier.data.loaders import create_data_loaders, create_datasets
+from gptclassifier.data.sms import load_data
+from gptclassifier.data.splits import prepare_splits
 from gptclassifier.errors import ConfigError
-from gptclassifier.finetune import add_classification_head, set_trainable
-from gptclassifier.model import GPTModel, model_config
-from gptclassifier.prepare import prepare_splits
-from gptclassifier.tokenizer import get_tokenizer
-from gptclassifier.train import (
+from gptclassifier.model.classifier import add_classification_head, set_trainable
+from gptclassifier.model.gpt import GPTModel, model_config
+from gptclassifier.model.tokenizer import get_tokenizer
+from gptclassifier.progress import silent
+from gptclassifier.training.device import choose_device
+from gptclassifier.training.loop import (
     History,
     calc_accuracy_loader,
     calc_loss_batch,
     calc_loss_loader,
-    choose_device,
-    classifier_logits,
     evaluating,
-    pool_logits,
-    pooled_positions,
     train_classifier,
     train_classifier_simple,
 )
+from gptclassifier.training.pooling import pool_logits, pooled_positions
+from gptclassifier.training.runners import classifier_logits
 
 PAD = 50256
 CPU = torch.device("cpu")
@@ -309,7 +309,7 @@ def smoke_start(splits):
     return model, loaders, optimizer
 
 
-def smoke_run(splits, on_update=None, log=None):
+def smoke_run(splits, on_update=None, log=silent):
     """Fine-tune gpt2-nano on the practice data with the smoke profile's settings."""
     model, loaders, optimizer = smoke_start(splits)
     history = train_classifier(

@@ -16,10 +16,10 @@ import torch
 import transformers
 from safetensors.torch import load_file, save_file
 
-from gptclassifier import weights
 from gptclassifier.errors import ConfigError, DataError, DownloadError, FallbackWarning
-from gptclassifier.model import GPTModel, generate_text_simple, model_config
-from gptclassifier.weights import (
+from gptclassifier.model import weights
+from gptclassifier.model.gpt import GPTModel, generate_text_simple, model_config
+from gptclassifier.model.weights import (
     HUB_CHECKPOINTS,
     base_digest,
     download_gpt2,
@@ -292,7 +292,7 @@ PINNED = f"/{REPO}/resolve/{REVISION}/model.safetensors"
 # shell sets it; gpt2-small is pointed at the tiny checkpoint, with its SHA-256.
 FETCH = """
 import sys
-from gptclassifier import weights
+from gptclassifier.model import weights
 from gptclassifier.errors import DownloadError
 weights.HUB_CHECKPOINTS["gpt2-small"] = weights.HubCheckpoint(*sys.argv[1:4])
 try:

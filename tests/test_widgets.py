@@ -3,14 +3,14 @@
 import pytest
 import torch
 
-from gptclassifier.evaluate import classify_text
-from gptclassifier.fast import Autocast, FrozenPrefixCache
-from gptclassifier.finetune import add_classification_head
-from gptclassifier.model import GPTModel, model_config
+from gptclassifier.evaluation.inference import classify_text
+from gptclassifier.lessons.widgets import PROMPT, ClassifierWidget, LiveTrainingView
+from gptclassifier.model.classifier import add_classification_head
+from gptclassifier.model.gpt import GPTModel, model_config
+from gptclassifier.model.tokenizer import get_tokenizer
 from gptclassifier.runs import save_model
-from gptclassifier.tokenizer import get_tokenizer
-from gptclassifier.train import History
-from gptclassifier.widgets import PROMPT, ClassifierWidget, LiveTrainingView
+from gptclassifier.training.loop import History
+from gptclassifier.training.runners import Autocast, FrozenPrefixCache
 
 OPTIONS = {"max_length": 24, "pooling": "last", "classes": ("ham", "spam")}
 
@@ -55,7 +55,7 @@ def test_the_widget_reads_a_run_directory(classifier, tmp_path):
     )  # fmt: skip
     widget = ClassifierWidget.from_run(tmp_path)
     assert isinstance(widget.model, Autocast)  # as the run was trained: bfloat16
-    assert isinstance(widget.model.model, FrozenPrefixCache)
+    assert isinstance(widget.model.runner, FrozenPrefixCache)
     assert widget.classify_options == {
         "max_length": 16,
         "pooling": "flexible",

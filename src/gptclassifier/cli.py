@@ -8,71 +8,89 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from gptclassifier import __version__
-from gptclassifier.book_experiments import EXPERIMENTS, choose_experiments
-from gptclassifier.data import PARSINGS, load_data
-from gptclassifier.dataset import PADDINGS
+from gptclassifier.data.sms import load_data
+from gptclassifier.data.splits import SPLIT_NAMES, count_labels, prepare_splits, write_splits
 from gptclassifier.errors import DataError, FallbackWarning, GptClassifierError
-from gptclassifier.evaluate import classify_with_run, evaluate_run
+from gptclassifier.evaluation.inference import classify_with_run, evaluate_run
+from gptclassifier.experiments.book_table import EXPERIMENTS, choose_experiments
 from gptclassifier.export import FORMATS, export_run, export_transformers
-from gptclassifier.finetune import TRAINABLE_STRATEGIES
-from gptclassifier.model import GPT_SIZES
-from gptclassifier.prepare import SPLIT_NAMES, count_labels, prepare_splits, write_splits
-from gptclassifier.profiles import FASTEST, PROFILES, train_settings
 from gptclassifier.runs import MODEL_FILE, ensure_run_dir_free
-from gptclassifier.train import POOLINGS
-from gptclassifier.weights import WEIGHT_CHOICES
+from gptclassifier.settings import CHOICES, FASTEST, PROFILES, SETTING_NAMES, train_settings
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Return the parser for all subcommands."""
+    """Return the parser for all subcommands, one function each."""
     parser = argparse.ArgumentParser(
         prog="gptclassifier", description="Fine-tune GPT-2 into a text classifier."
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sources = _source_options()
+    _add_prepare(commands, sources)
+    _add_train(commands, sources)
+    _add_experiments(commands, sources)
+    _add_evaluate(commands)
+    _add_classify(commands)
+    _add_export(commands)
+    return parser
 
-    source_options = argparse.ArgumentParser(add_help=False)
-    source_options.add_argument(
+
+def _default(name: str) -> str:
+    """Say a setting's default in each profile where they differ: `default: 5e-05; smoke: 0.001`."""
+    book, *others = PROFILES.values()
+    value = getattr(book.training, name)
+    differ = [
+        f"{profile.name}: {getattr(profile.training, name)}"
+        for profile in others
+        if getattr(profile.training, name) != value
+    ]
+    return "; ".join([f"default: {value}", *differ])
+
+
+def _setting(parser: argparse.ArgumentParser, name: str, help: str, flag=None, **options) -> None:
+    """Add the option of a TrainSettings field; its choices and default come from settings."""
+    flag = flag or "--" + name.replace("_", "-")
+    if name in CHOICES:
+        options["choices"] = CHOICES[name]
+    parser.add_argument(flag, dest=name, help=f"{help} ({_default(name)})", **options)
+
+
+def _source_options() -> argparse.ArgumentParser:
+    """Return the options that say which messages to read."""
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument(
         "--profile", choices=list(PROFILES), help="default: $GPTCLASSIFIER_PROFILE or book"
     )
-    source_options.add_argument(
+    options.add_argument(
         "--data", type=Path, help="SMS Spam Collection file or zip, or a table with a header row"
     )
-    source_options.add_argument(
-        "--parsing",
-        choices=PARSINGS,
-        help="book: the chapter's pandas read (default); exact: every line is a message",
-    )
-    source_options.add_argument("--text-column", default="Text", help="text column of a table")
-    source_options.add_argument("--label-column", default="Label", help="label column of a table")
-    data_options = argparse.ArgumentParser(add_help=False, parents=[source_options])
-    data_options.add_argument("--seed", type=int, help="seed of sampling, shuffling and training")
+    _setting(options, "parsing", "book: the chapter's pandas read; exact: every line a message")
+    options.add_argument("--text-column", default="Text", help="text column of a table")
+    options.add_argument("--label-column", default="Label", help="label column of a table")
+    return options
 
+
+def _add_prepare(commands, sources: argparse.ArgumentParser) -> None:
+    """Add `prepare`: balance and split the data into CSV files."""
     prepare = commands.add_parser(
-        "prepare", parents=[data_options], help="balance and split the data into CSV files"
+        "prepare", parents=[sources], help="balance and split the data into CSV files"
     )
+    _setting(prepare, "seed", "seed of sampling and splitting", type=int)
     prepare.add_argument("--out", type=Path, default=Path("data/prepared"), help="output folder")
     prepare.set_defaults(handler=run_prepare)
 
-    train = commands.add_parser(
-        "train", parents=[data_options], help="fine-tune GPT-2 and save the run"
-    )
-    train.add_argument("--model", choices=list(GPT_SIZES), help="model size")
-    train.add_argument(
-        "--weights", choices=WEIGHT_CHOICES, help="pretrained (default) or random weights"
-    )
-    train.add_argument("--trainable", choices=TRAINABLE_STRATEGIES, help="what to fine-tune")
-    train.add_argument("--lora-rank", type=int, help="with --trainable lora: rank (default 16)")
-    train.add_argument("--lora-alpha", type=float, help="with --trainable lora: scale (default 16)")
-    train.add_argument(
-        "--pooling", choices=POOLINGS,
-        help="which token's logits classify, or mean: the average of all (default: last)",
-    )  # fmt: skip
-    train.add_argument(
-        "--padding", choices=PADDINGS,
-        help="pad to the longest training message (default) or to the model's whole context",
-    )  # fmt: skip
+
+def _add_train(commands, sources: argparse.ArgumentParser) -> None:
+    """Add `train`: every setting of TrainSettings, with the choices and defaults it declares."""
+    train = commands.add_parser("train", parents=[sources], help="fine-tune GPT-2 and save the run")
+    _setting(train, "model", "model size")
+    _setting(train, "weights", "pretrained or seeded random weights")
+    _setting(train, "trainable", "what to fine-tune")
+    _setting(train, "lora_rank", "with --trainable lora: the rank", type=int)
+    _setting(train, "lora_alpha", "with --trainable lora: the scale", type=float)
+    _setting(train, "pooling", "which token's logits classify, or mean: the average of all")
+    _setting(train, "padding", "to the longest training message or to the model's whole context")
     train.add_argument(
         "--no-causal-mask", dest="causal_mask", action="store_false", default=None,
         help="let every token attend to every other, padding included",
@@ -87,27 +105,28 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     way.add_argument(
         "--fast", action="store_true",
-        help="the fastest way: flexible pooling, trimmed padding, bfloat16 where native",
+        help="the fastest way: " + ", ".join(f"{k} {v}" for k, v in FASTEST.items()),
     )  # fmt: skip
-    train.add_argument(
-        "--precision", choices=("auto", "float32", "bfloat16", "float64"),
-        help="default: float32 (with --fast: auto, bfloat16 where the hardware has it)",
-    )  # fmt: skip
+    _setting(train, "precision", "auto: bfloat16 where the hardware has it, else float32")
     train.add_argument(
         "--bucket", action=argparse.BooleanOptionalAction, default=None,
         help="with flexible pooling: batch messages of similar length (default: with --fast)",
     )  # fmt: skip
     train.add_argument("--compile", action="store_true", help="torch.compile the trained part")
-    train.add_argument("--epochs", type=int, dest="num_epochs", help="passes over the data")
-    train.add_argument("--batch-size", type=int, help="messages per training step")
-    train.add_argument("--lr", type=float, help="AdamW learning rate")
+    _setting(train, "num_epochs", "passes over the data", "--epochs", type=int)
+    _setting(train, "batch_size", "messages per step", type=int)
+    _setting(train, "lr", "AdamW learning rate", type=float)
+    _setting(train, "seed", "seed of sampling, shuffling and training", type=int)
     train.add_argument("--out", type=Path, required=True, help="run directory to create")
     train.add_argument("--force", action="store_true", help="replace an existing run directory")
     train.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     train.set_defaults(handler=run_train)
 
+
+def _add_experiments(commands, sources: argparse.ArgumentParser) -> None:
+    """Add `experiments`: the book's table over several seeds."""
     experiments = commands.add_parser(
-        "experiments", parents=[source_options],
+        "experiments", parents=[sources],
         help="the book's table of design experiments, over several seeds, with baselines",
     )  # fmt: skip
     experiments.add_argument(
@@ -118,22 +137,31 @@ def build_parser() -> argparse.ArgumentParser:
         "--seeds", type=_seeds, default=(123,), metavar="SEED,...",
         help="training seeds, one run of every row each (default: 123); one split: the chapter's",
     )  # fmt: skip
-    experiments.add_argument("--epochs", type=int, dest="num_epochs", help="passes over the data")
+    _setting(experiments, "num_epochs", "passes over the data", "--epochs", type=int)
     experiments.add_argument("--out", type=Path, required=True, help="folder for runs and tables")
     experiments.add_argument("--redo", action="store_true", help="run again rows already run")
     experiments.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     experiments.set_defaults(handler=run_experiments_command)
 
+
+def _add_evaluate(commands) -> None:
+    """Add `evaluate`: a saved run's metrics on one of its splits."""
     evaluate = commands.add_parser("evaluate", help="metrics of a saved run on one of its splits")
     evaluate.add_argument("--model", type=Path, required=True, help="run directory")
     evaluate.add_argument("--split", choices=SPLIT_NAMES, default="test", help="default: test")
     evaluate.set_defaults(handler=run_evaluate)
 
+
+def _add_classify(commands) -> None:
+    """Add `classify`: new messages through a saved run."""
     classify = commands.add_parser("classify", help="classify new messages with a saved run")
     classify.add_argument("--model", type=Path, required=True, help="run directory")
     classify.add_argument("texts", nargs="+", metavar="TEXT", help="messages; - reads stdin")
     classify.set_defaults(handler=run_classify)
 
+
+def _add_export(commands) -> None:
+    """Add `export`: a run with every parameter, as a run folder or for transformers."""
     export = commands.add_parser(
         "export", help="write a run with every parameter, as a run folder or for transformers"
     )
@@ -146,7 +174,6 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     export.add_argument("--force", action="store_true", help="replace an existing folder")
     export.set_defaults(handler=run_export)
-    return parser
 
 
 def run_prepare(args: argparse.Namespace) -> None:
@@ -165,19 +192,14 @@ def run_prepare(args: argparse.Namespace) -> None:
 def run_train(args: argparse.Namespace) -> None:
     """Fine-tune, then print the accuracies and where the outputs are."""
     ensure_run_dir_free(args.out, args.force)
-    names = (
-        "model", "weights", "trainable", "lora_rank", "lora_alpha", "pooling", "padding",
-        "causal_mask", "ignore_index", "parsing", "precision", "bucket", "compile",
-        "num_epochs", "batch_size", "lr", "seed",
-    )  # fmt: skip
-    overrides = {name: getattr(args, name) for name in names}
+    overrides = {name: getattr(args, name, None) for name in SETTING_NAMES}
     if args.chapter:
         overrides["loop"] = "chapter"
     if args.fast:
         overrides |= {name: value for name, value in FASTEST.items() if overrides[name] is None}
     settings = train_settings(args.profile, **overrides)
     # Imported here: only training draws plots, and matplotlib takes half a second to import.
-    from gptclassifier.pipeline import fine_tune
+    from gptclassifier.training.fine_tune import fine_tune
 
     data = load_data(args.data, settings.parsing, args.profile, args.text_column, args.label_column)
     result = fine_tune(
@@ -215,7 +237,7 @@ def run_experiments_command(args: argparse.Namespace) -> int:
     """Run the chosen experiments, print the table; status 1 when a run failed."""
     choose_experiments(args.rows)  # an unknown name fails here, before any data is read
     # Imported here: training draws plots, and matplotlib takes half a second to import.
-    from gptclassifier.experiments import TABLE_FILE, run_experiments
+    from gptclassifier.experiments.grid import TABLE_FILE, run_experiments
 
     overrides = {"parsing": args.parsing, "num_epochs": args.num_epochs}
     overrides = {name: value for name, value in overrides.items() if value is not None}

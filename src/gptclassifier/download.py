@@ -1,68 +1,20 @@
-"""Fetching files intact: the cache folder, verified downloads, atomic writes, zip members."""
+"""Fetching files intact: retries, the next address on a bad answer, the SHA-256 checked."""
 
-import contextlib
 import hashlib
 import http.client
-import os
 import socket
-import tempfile
 import time
 import urllib.error
 import urllib.request
-import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
-import platformdirs
 from tqdm.auto import tqdm
 
-from gptclassifier.errors import DataError, DownloadError
+from gptclassifier.errors import DownloadError
+from gptclassifier.files import CHUNK_BYTES, atomic_writer
 
-CHUNK_BYTES = 1 << 16
-MAX_MEMBER_BYTES = 64 * 1024 * 1024
 USER_AGENT = "gptclassifier/0.1 (Python urllib)"
-
-
-def cache_dir() -> Path:
-    """Return the folder that holds downloads: $GPTCLASSIFIER_CACHE or the user's cache folder."""
-    override = os.environ.get("GPTCLASSIFIER_CACHE")
-    if override:
-        return Path(override).expanduser()
-    return Path(platformdirs.user_cache_dir("gptclassifier"))
-
-
-def sha256_of(path: Path) -> str:
-    """Return the SHA-256 of a file as hex."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(CHUNK_BYTES), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-@contextlib.contextmanager
-def atomic_writer(path: Path):
-    """Yield a binary temporary file beside `path`, renamed to `path` only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_name = None
-    try:
-        with tempfile.NamedTemporaryFile(
-            dir=path.parent, prefix=f".{path.name}.", suffix=".part", delete=False
-        ) as tmp:
-            tmp_name = tmp.name
-            yield tmp
-        os.replace(tmp_name, path)
-    except BaseException:
-        if tmp_name:
-            Path(tmp_name).unlink(missing_ok=True)
-        raise
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write bytes to `path` so that readers see the old file or the new one, never a part."""
-    with atomic_writer(path) as file:
-        file.write(data)
 
 
 class _TryNextAddress(Exception):
@@ -150,20 +102,3 @@ def _fetch(url, dest, sha256, timeout, max_bytes, progress) -> None:
                 raise _TryNextAddress(
                     f"SHA-256 {digest.hexdigest()} does not match the expected {sha256}"
                 )
-
-
-def read_zip_member(archive: Path, member: str, max_bytes: int = MAX_MEMBER_BYTES) -> bytes:
-    """Return one member of a zip archive, looked up by its exact name, never by a path in it."""
-    try:
-        with zipfile.ZipFile(archive) as zipped:
-            info = zipped.getinfo(member)
-            if info.file_size > max_bytes:
-                raise DataError(
-                    f"{archive}: member {member} is {info.file_size:,} bytes, "
-                    f"more than the {max_bytes:,} allowed"
-                )
-            return zipped.read(info)
-    except KeyError:
-        raise DataError(f"{archive} has no member named {member}") from None
-    except zipfile.BadZipFile as exc:
-        raise DataError(f"{archive} is not a readable zip archive ({exc})") from None

@@ -1,6 +1,10 @@
-"""The exceptions and warnings that gptclassifier raises for its users."""
+"""The exceptions and warnings that gptclassifier raises for its users, and strict mode."""
 
+import os
 import warnings
+from collections.abc import Iterable
+
+STRICT_VARIABLE = "GPTCLASSIFIER_STRICT"
 
 
 class GptClassifierError(Exception):
@@ -19,6 +23,13 @@ class ConfigError(GptClassifierError):
     """An unknown profile, option or setting."""
 
 
+def check_choice(what: str, value, choices: Iterable) -> None:
+    """Raise a ConfigError naming `what` when `value` is not one of `choices`."""
+    choices = tuple(choices)
+    if value not in choices:
+        raise ConfigError(f"unknown {what} {value!r}: choose one of {', '.join(map(str, choices))}")
+
+
 class FallbackWarning(UserWarning):
     """Real data or weights were unavailable, so a stand-in is used instead."""
 
@@ -31,3 +42,8 @@ def warn_fallback(headline: str, reason: str, remedy: str) -> None:
         f"Set GPTCLASSIFIER_STRICT=1 to make this an error instead.\n{rule}"
     )
     warnings.warn(message, FallbackWarning, stacklevel=3)
+
+
+def strict_mode() -> bool:
+    """Return whether $GPTCLASSIFIER_STRICT forbids falling back to stand-in data or weights."""
+    return os.environ.get(STRICT_VARIABLE, "").strip().lower() not in ("", "0", "false", "no")

@@ -7,17 +7,18 @@ import torch
 from safetensors.torch import save_file
 
 from gptclassifier.errors import ConfigError
-from gptclassifier.finetune import has_causal_mask
-from gptclassifier.lora import merge_lora
-from gptclassifier.model import GPTModel
-from gptclassifier.runs import CONFIG_FILE, MODEL_FILE, load_run, run_writer, save_model, write_json
-from gptclassifier.tokenizer import END_OF_TEXT, PAD_TOKEN_ID, vocabulary_files
-from gptclassifier.weights import (
+from gptclassifier.files import write_json
+from gptclassifier.model.classifier import has_causal_mask
+from gptclassifier.model.gpt import GPTModel
+from gptclassifier.model.lora import merge_lora
+from gptclassifier.model.tokenizer import END_OF_TEXT, PAD_TOKEN_ID, vocabulary_files
+from gptclassifier.model.weights import (
     ATTENTION_PROJECTIONS,
     BLOCK_CONV1DS,
     BLOCK_NORMS,
     EMBEDDINGS_AND_FINAL_NORM,
 )
+from gptclassifier.runs import CONFIG_FILE, MODEL_FILE, load_run, run_writer, save_model
 
 FORMATS = ("run", "transformers")
 

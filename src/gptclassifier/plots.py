@@ -9,7 +9,7 @@ from matplotlib.backend_bases import FigureCanvasBase
 from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 
-from gptclassifier.download import atomic_writer
+from gptclassifier.files import atomic_writer
 
 
 def _as_array(values, name: str, ndim: int) -> np.ndarray:

@@ -12,11 +12,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from gptclassifier.errors import ConfigError, DataError, DownloadError, GptClassifierError
-from gptclassifier.fast import parameter_dtype
-from gptclassifier.finetune import adapt_for_classification
-from gptclassifier.model import GPTModel
-from gptclassifier.profiles import TrainSettings
-from gptclassifier.weights import base_digest, rebuild_base_model
+from gptclassifier.files import read_json, write_json
+from gptclassifier.model.classifier import adapt_for_classification
+from gptclassifier.model.gpt import GPTModel
+from gptclassifier.model.weights import base_digest, rebuild_base_model
+from gptclassifier.settings import TrainSettings
+from gptclassifier.training.device import parameter_dtype
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -56,14 +57,9 @@ def run_writer(out_dir: Path, force: bool = False):
         shutil.rmtree(previous, ignore_errors=True)
 
 
-def read_json(path: Path) -> dict:
-    """Read a UTF-8 JSON file."""
-    return json.loads(Path(path).read_text(encoding="utf-8"))
-
-
-def write_json(path: Path, data: dict) -> None:
-    """Write a dict as indented UTF-8 JSON."""
-    Path(path).write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+def run_settings(config: dict) -> TrainSettings:
+    """Return the training settings that a run's configuration records."""
+    return TrainSettings(**config["training"])
 
 
 def save_model(run_dir: Path, model: GPTModel, config: dict, everything: bool = False) -> None:
@@ -101,7 +97,7 @@ def load_run(run_dir: Path, device: torch.device | str = "cpu") -> tuple[GPTMode
     try:
         config = read_json(run_dir / CONFIG_FILE)
         everything = config.get("saved_parameters", SAVED_EVERYTHING) == SAVED_EVERYTHING
-        settings = TrainSettings(**config["training"])
+        settings = run_settings(config)
         model = GPTModel(config["model"]) if everything else _base_of(run_dir, config)
         adapt_for_classification(model, settings, len(config["classes"]))
         model.to(parameter_dtype(config["precision"]))

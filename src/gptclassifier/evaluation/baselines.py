@@ -4,11 +4,10 @@ from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
-import torch
 
-from gptclassifier.errors import ConfigError
-from gptclassifier.evaluate import classification_metrics
-from gptclassifier.prepare import SPLIT_NAMES
+from gptclassifier.data.splits import SPLIT_NAMES
+from gptclassifier.errors import check_choice
+from gptclassifier.evaluation.metrics import classification_metrics, confusion_counts
 
 BASELINES = ("majority", "tfidf")
 
@@ -17,9 +16,7 @@ def baseline_metrics(
     name: str, splits: dict[str, pd.DataFrame], num_classes: int, seed: int = 123
 ) -> dict[str, dict]:
     """Fit the named baseline on the training split and return each split's metrics."""
-    if name not in BASELINES:
-        choices = ", ".join(BASELINES)
-        raise ConfigError(f"unknown baseline {name!r}: choose one of {choices}")
+    check_choice("baseline", name, BASELINES)
     train = splits["train"]
     if name == "majority":
         predict = _majority(train["Label"].to_numpy(), num_classes)
@@ -27,7 +24,7 @@ def baseline_metrics(
         predict = _tfidf(train, seed)
     return {
         split: classification_metrics(
-            _confusion_counts(
+            confusion_counts(
                 splits[split]["Label"].to_numpy(), predict(splits[split]["Text"]), num_classes
             )
         )
@@ -51,10 +48,3 @@ def _tfidf(train: pd.DataFrame, seed: int) -> Callable[[pd.Series], np.ndarray]:
     model = LogisticRegression(max_iter=1000, random_state=seed)
     model.fit(vectorizer.fit_transform(train["Text"]), train["Label"])
     return lambda texts: model.predict(vectorizer.transform(texts))
-
-
-def _confusion_counts(true: np.ndarray, predicted: np.ndarray, num_classes: int) -> torch.Tensor:
-    """Return counts of (true class, predicted class) as a long tensor, true classes in rows."""
-    pairs = np.asarray(true, dtype=np.int64) * num_classes + np.asarray(predicted, dtype=np.int64)
-    counts = np.bincount(pairs, minlength=num_classes**2).reshape(num_classes, num_classes)
-    return torch.from_numpy(counts).long()

@@ -5,10 +5,10 @@ import io
 import ipywidgets as widgets
 import torch
 
-from gptclassifier.evaluate import Prediction, classify_text, load_classifier
+from gptclassifier.evaluation.inference import Prediction, classify_text, load_classifier
+from gptclassifier.model.tokenizer import get_tokenizer
 from gptclassifier.plots import plot_values
-from gptclassifier.tokenizer import get_tokenizer
-from gptclassifier.train import History
+from gptclassifier.training.loop import History
 
 PROMPT = "<i>Type a message to classify it.</i>"
 

@@ -9,16 +9,18 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from gptclassifier.baselines import baseline_metrics
-from gptclassifier.book_experiments import EXPERIMENTS, Experiment, choose_experiments
-from gptclassifier.data import LabeledData
-from gptclassifier.download import atomic_writer
+from gptclassifier.evaluation.baselines import baseline_metrics
+from gptclassifier.experiments.book_table import EXPERIMENTS, Experiment, choose_experiments
+from gptclassifier.data.sms import LabeledData
+from gptclassifier.files import atomic_writer
 from gptclassifier.errors import ConfigError
-from gptclassifier.pipeline import fine_tune
+from gptclassifier.training.fine_tune import fine_tune
 from gptclassifier.plots import save_figure
-from gptclassifier.prepare import SPLIT_NAMES, prepare_splits, write_splits
-from gptclassifier.profiles import TrainSettings, train_settings
-from gptclassifier.runs import CONFIG_FILE, read_json, run_writer, write_json
+from gptclassifier.data.splits import SPLIT_NAMES, prepare_splits, write_splits
+from gptclassifier.settings import TrainSettings, train_settings
+from gptclassifier.progress import silent
+from gptclassifier.runs import CONFIG_FILE, run_writer
+from gptclassifier.files import read_json, write_json
 
 RESULTS_FILE = "results.csv"
 TABLE_FILE = "results.md"
@@ -35,7 +37,7 @@ def run_experiments(
     overrides: dict | None = None,
     redo: bool = False,
     progress: bool = True,
-    log: Callable[[str], None] | None = None,
+    log: Callable[[str], None] = silent,
 ) -> pd.DataFrame:
     """Run each experiment once per seed on the chapter's split; return a line per run.
 
@@ -46,7 +48,6 @@ def run_experiments(
     `overrides` (e.g. parsing or num_epochs) apply to every run, before each row's settings.
     Writes results.csv, results.md and the results figure to `out_dir` and returns the lines.
     """
-    say = log or (lambda line: None)
     experiments = choose_experiments(names)
     common = train_settings(profile, **(overrides or {}))
     common = replace(common, data_seed=common.split_seed)  # one split for every seed
@@ -65,13 +66,13 @@ def run_experiments(
             else:
                 config = read_json(run_dir / CONFIG_FILE)
                 _check_current(run_dir, config, experiment, settings, labeled)
-                say(f"{what}: already run, read from {run_dir}")
+                log(f"{what}: already run, read from {run_dir}")
         except Exception as exc:  # a failed run is recorded and the others go on
             lines.append(_failed(experiment, seed, run_dir, exc))
-            say(f"{what}: failed: {exc}")
+            log(f"{what}: failed: {exc}")
             continue
         lines.append(_result(experiment, seed, run_dir, config))
-        say(f"{what}: {_accuracies(lines[-1])}")
+        log(f"{what}: {_accuracies(lines[-1])}")
     results = pd.DataFrame(lines)
     write_results(results, out_dir)
     return results

@@ -1,4 +1,4 @@
-"""Where a run's time goes: wall-clock seconds per named phase."""
+"""What a long job reports as it goes: the seconds of each phase, and lines for a log."""
 
 import time
 from collections.abc import Iterator
@@ -23,3 +23,7 @@ class Phases:
     def summary(self) -> str:
         """Return the phases on one line, e.g. `model 1.2 s, training 20.4 s`."""
         return ", ".join(f"{name} {seconds:.1f} s" for name, seconds in self.seconds.items())
+
+
+def silent(line: str) -> None:
+    """Take a log line and show it nowhere: the log of a job that is asked for none."""

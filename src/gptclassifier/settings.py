@@ -1,13 +1,33 @@
-"""Run profiles: `book` (the chapter's data and settings) and `smoke` (seconds, offline)."""
+"""What decides a run: the settings, their allowed values, and the `book` and `smoke` profiles."""
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
-from gptclassifier.errors import ConfigError
+from gptclassifier.errors import ConfigError, check_choice
+from gptclassifier.model.gpt import GPT_SIZES
 
 PROFILE_VARIABLE = "GPTCLASSIFIER_PROFILE"
-STRICT_VARIABLE = "GPTCLASSIFIER_STRICT"
+
+MODELS = tuple(GPT_SIZES)
+WEIGHT_CHOICES = ("pretrained", "random")
+TRAINABLE_STRATEGIES = ("last_layer", "last_block", "last_two_blocks", "all", "lora")
+POOLINGS = ("last", "first", "flexible", "mean")
+PADDINGS = ("longest", "context")  # to the longest training message, or to the model's context
+PARSINGS = ("exact", "book")
 LOOPS = ("fast", "chapter")
+PRECISIONS = ("auto", "float32", "bfloat16", "float64")
+# The allowed values of every setting that has a fixed set of them, by TrainSettings field.
+CHOICES = {
+    "model": MODELS,
+    "weights": WEIGHT_CHOICES,
+    "trainable": TRAINABLE_STRATEGIES,
+    "pooling": POOLINGS,
+    "padding": PADDINGS,
+    "parsing": PARSINGS,
+    "loop": LOOPS,
+    "precision": PRECISIONS,
+}
+WHOLE_NUMBERS = ("num_epochs", "batch_size", "eval_freq", "eval_iter", "lora_rank")
 # What `train --fast` sets, where the user chose nothing else: the fastest way.
 FASTEST = {"pooling": "flexible", "precision": "auto", "bucket": True}
 
@@ -50,9 +70,9 @@ class TrainSettings:
         return self.loop == "fast" and self.pooling == "flexible"
 
     def __post_init__(self):
-        if self.loop not in LOOPS:
-            raise ConfigError(f"unknown loop {self.loop!r}: choose one of {', '.join(LOOPS)}")
-        for name in ("num_epochs", "batch_size", "eval_freq", "eval_iter", "lora_rank"):
+        for name, choices in CHOICES.items():
+            check_choice(name, getattr(self, name), choices)
+        for name in WHOLE_NUMBERS:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a whole number of at least 1, not {value!r}")
@@ -61,6 +81,9 @@ class TrainSettings:
                 f"lr must be above 0 and weight_decay at least 0, not {self.lr} and "
                 f"{self.weight_decay}"
             )
+
+
+SETTING_NAMES = tuple(field.name for field in fields(TrainSettings))
 
 
 @dataclass(frozen=True)
@@ -85,17 +108,8 @@ PROFILES = {
 def get_profile(name: str | None = None) -> Profile:
     """Return the named profile, else the one $GPTCLASSIFIER_PROFILE names, else `book`."""
     name = name or os.environ.get(PROFILE_VARIABLE) or "book"
-    try:
-        return PROFILES[name]
-    except KeyError:
-        raise ConfigError(
-            f"unknown profile {name!r}: choose one of {', '.join(PROFILES)}"
-        ) from None
-
-
-def strict_mode() -> bool:
-    """Return whether $GPTCLASSIFIER_STRICT forbids falling back to stand-in data or weights."""
-    return os.environ.get(STRICT_VARIABLE, "").strip().lower() not in ("", "0", "false", "no")
+    check_choice("profile", name, PROFILES)
+    return PROFILES[name]
 
 
 def train_settings(profile: str | None = None, **overrides) -> TrainSettings:

@@ -10,61 +10,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from gptclassifier.errors import ConfigError
-from gptclassifier.tokenizer import PAD_TOKEN_ID
+from gptclassifier.progress import silent
+from gptclassifier.training.runners import classifier_logits
 
-POOLINGS = ("last", "first", "flexible", "mean")
 IGNORE_NONE = -100  # cross_entropy's default ignore_index: no class is skipped
-
-
-def check_pooling(pooling: str) -> None:
-    """Raise a ConfigError for an unknown pooling."""
-    if pooling not in POOLINGS:
-        raise ConfigError(f"unknown pooling {pooling!r}: choose one of {', '.join(POOLINGS)}")
-
-
-def pooled_positions(
-    input_batch: torch.Tensor, pooling: str = "last", pad_token_id=PAD_TOKEN_ID
-) -> torch.Tensor:
-    """Return, per message, the position whose logits classify it.
-
-    `last` is the chapter's choice, `first` the first token, and `flexible` the last real token
-    of each right-padded message: the only position that has seen the whole message and
-    nothing else, so its logits do not depend on the padding. (`mean` reads every position.)
-    """
-    check_pooling(pooling)
-    if pooling == "mean":
-        raise ConfigError("mean pooling averages every position's logits: it has no one position")
-    batch, width = input_batch.shape
-    if pooling == "last":
-        return torch.full((batch,), width - 1, device=input_batch.device)
-    if pooling == "first":
-        return torch.zeros(batch, dtype=torch.long, device=input_batch.device)
-    return (input_batch != pad_token_id).sum(dim=1).clamp(min=1) - 1  # flexible
-
-
-def pool_logits(
-    logits: torch.Tensor, input_batch: torch.Tensor, pooling="last", pad_token_id=PAD_TOKEN_ID
-) -> torch.Tensor:
-    """Keep one position's logits per message (see pooled_positions), or their mean over all.
-
-    `mean` averages the logits of every position, padding included, as the book's
-    `--average_embeddings` experiment does.
-    """
-    if pooling == "mean":
-        return logits.mean(dim=1)
-    positions = pooled_positions(input_batch, pooling, pad_token_id)
-    return logits[torch.arange(len(logits), device=logits.device), positions]
-
-
-def classifier_logits(
-    model: nn.Module, input_batch: torch.Tensor, pooling="last", pad_token_id=PAD_TOKEN_ID
-) -> torch.Tensor:
-    """Run the model and return one row of class logits per message."""
-    logits = model(input_batch)
-    if logits.dim() == 2:  # a model that computes only the pooled positions (fast.py)
-        return logits
-    return pool_logits(logits, input_batch, pooling, pad_token_id)
 
 
 def calc_loss_batch(
@@ -164,7 +113,7 @@ def train_classifier(
     pooling: str = "last",
     progress: bool = True,
     on_update: Callable[[History], None] | None = None,
-    log: Callable[[str], None] | None = None,
+    log: Callable[[str], None] = silent,
     ignore_index: int = IGNORE_NONE,
 ) -> History:
     """Train as the chapter does; evaluate every `eval_freq` steps and after every epoch.
@@ -174,7 +123,6 @@ def train_classifier(
     `on_update` is called with the history after each measurement (for live plots), and `log`
     with the chapter's progress lines. Messages of class `ignore_index` add nothing to the loss.
     """
-    say = log or (lambda line: None)
     history = History(num_epochs)
     start, global_step = time.perf_counter(), -1
     for epoch in range(num_epochs):
@@ -200,7 +148,7 @@ def train_classifier(
                 history.val_losses.append(val_loss)
                 history.eval_steps.append(global_step)
                 bar.set_postfix(train_loss=f"{train_loss:.3f}", val_loss=f"{val_loss:.3f}")
-                say(
+                log(
                     f"Ep {epoch + 1} (Step {global_step:06d}): "
                     f"Train loss {train_loss:.3f}, Val loss {val_loss:.3f}"
                 )
@@ -210,7 +158,7 @@ def train_classifier(
             calc_accuracy_loader(train_loader, model, device, eval_iter, pooling)
         )
         history.val_accs.append(calc_accuracy_loader(val_loader, model, device, eval_iter, pooling))
-        say(
+        log(
             f"Training accuracy: {history.train_accs[-1]:.2%} | "
             f"Validation accuracy: {history.val_accs[-1]:.2%}"
         )
@@ -242,13 +190,3 @@ def _notify(on_update, history: History, start: float) -> None:
     history.seconds = time.perf_counter() - start
     if on_update is not None:
         on_update(history)
-
-
-def choose_device() -> torch.device:
-    """Return CUDA if present, else Apple's MPS (on torch 2.9 or newer), else the CPU."""
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    major, minor = (int(part) for part in torch.__version__.split("+")[0].split(".")[:2])
-    if (major, minor) >= (2, 9) and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")

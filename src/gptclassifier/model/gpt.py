@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gptclassifier.errors import ConfigError
+from gptclassifier.errors import ConfigError, check_choice
 
 BASE_CONFIG = {
     "vocab_size": 50257,  # GPT-2's byte-pair vocabulary
@@ -24,8 +24,7 @@ GPT_SIZES = {
 
 def model_config(name: str = "gpt2-small", **overrides) -> dict:
     """Return the configuration dict of a named model size, with any keys overridden."""
-    if name not in GPT_SIZES:
-        raise ConfigError(f"unknown model {name!r}: choose one of {', '.join(GPT_SIZES)}")
+    check_choice("model", name, GPT_SIZES)
     return {**BASE_CONFIG, **GPT_SIZES[name], **overrides}
 
 
@@ -135,15 +134,18 @@ class GPTModel(nn.Module):
         self.final_norm = LayerNorm(cfg["emb_dim"])
         self.out_head = nn.Linear(cfg["emb_dim"], cfg["vocab_size"], bias=False)
 
-    def forward(self, in_idx: torch.Tensor) -> torch.Tensor:
+    def embed(self, in_idx: torch.Tensor) -> torch.Tensor:
+        """Return the input of the first block: token plus position embeddings, with dropout."""
         num_tokens = in_idx.shape[1]
         if num_tokens > self.pos_emb.num_embeddings:
             raise ValueError(
                 f"{num_tokens} tokens exceed the context length of {self.pos_emb.num_embeddings}"
             )
         positions = torch.arange(num_tokens, device=in_idx.device)
-        x = self.drop_emb(self.tok_emb(in_idx) + self.pos_emb(positions))
-        return self.out_head(self.final_norm(self.trf_blocks(x)))
+        return self.drop_emb(self.tok_emb(in_idx) + self.pos_emb(positions))
+
+    def forward(self, in_idx: torch.Tensor) -> torch.Tensor:
+        return self.out_head(self.final_norm(self.trf_blocks(self.embed(in_idx))))
 
 
 def text_to_token_ids(text: str, tokenizer) -> torch.Tensor:

@@ -1,26 +1,24 @@
-"""The fast way to fine-tune: frozen blocks once per message, one position through the last, bf16.
+"""How a run computes: runners that turn token ids into class logits, the chapter's way or faster.
 
-Each speed-up wraps the model or the batches, so the training loop, the losses and the
-evaluation stay exactly the chapter's.
+A runner wraps a GPTModel (the chapter's way: the whole model, then pooling; the fast way: the
+frozen blocks once per message and one position through the last block; bfloat16), so the
+training loop, the losses and the evaluation stay exactly the chapter's.
 """
 
 import math
 import os
-import platform
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
 from gptclassifier.errors import ConfigError
-from gptclassifier.finetune import has_causal_mask
-from gptclassifier.model import GPTModel, TransformerBlock
-from gptclassifier.tokenizer import PAD_TOKEN_ID
-from gptclassifier.train import check_pooling, pool_logits, pooled_positions
+from gptclassifier.model.classifier import has_causal_mask
+from gptclassifier.model.gpt import GPTModel, TransformerBlock
+from gptclassifier.model.tokenizer import PAD_TOKEN_ID
+from gptclassifier.settings import POOLINGS, TrainSettings, check_choice
+from gptclassifier.training.pooling import pool_logits, pooled_positions
 
-PRECISIONS = ("auto", "float32", "bfloat16", "float64")
 MEMORY_SHARE = 0.8  # of the free memory the cache may take: training needs the rest
 # Tokens per batch of the cache's one pass: the fastest of 512 to 16,384 measured on a 2-core
 # CPU (larger batches of short messages spend more time in per-sequence attention), except for
@@ -29,6 +27,53 @@ MEMORY_SHARE = 0.8  # of the free memory the cache may take: training needs the 
 TOKENS_PER_BATCH = 1024
 PADDED_BFLOAT16_TOKENS_PER_BATCH = 4096
 GIB = 2**30
+
+
+class Runner(nn.Module):
+    """A GPTModel as a run computes with it: token ids in, one row of class logits per message out.
+
+    The contract between the ways of computing and what trains or uses a run (the loop, the
+    metrics, inference): `model` is the GPTModel whose parameters train, `pooling` how each
+    message's row is chosen, and `context_length` the most tokens a message may have.
+    """
+
+    def __init__(self, model: GPTModel, pooling: str = "last"):
+        super().__init__()
+        check_choice("pooling", pooling, POOLINGS)
+        self.model = model
+        self.pooling = pooling
+
+    @property
+    def context_length(self) -> int:
+        """The most tokens the model reads at once."""
+        return self.model.pos_emb.num_embeddings
+
+
+class PooledModel(Runner):
+    """The chapter's way: the whole model runs on every position, then one row is pooled."""
+
+    def forward(self, in_idx: torch.Tensor) -> torch.Tensor:
+        return pool_logits(self.model(in_idx), in_idx, self.pooling)
+
+
+def classifier_logits(
+    model: nn.Module, input_batch: torch.Tensor, pooling="last", pad_token_id=PAD_TOKEN_ID
+) -> torch.Tensor:
+    """Run a model and return one row of class logits per message.
+
+    A Runner returns its rows itself (and refuses another pooling); the output of a bare
+    GPTModel is pooled here.
+    """
+    if isinstance(model, Runner):
+        if pooling != model.pooling:
+            raise ConfigError(f"the model pools {model.pooling!r}, not {pooling!r}")
+        return model(input_batch)
+    return pool_logits(model(input_batch), input_batch, pooling, pad_token_id)
+
+
+def context_length(model: nn.Module) -> int:
+    """Return the most tokens a GPTModel or a Runner reads at once."""
+    return model.context_length if isinstance(model, Runner) else model.pos_emb.num_embeddings
 
 
 def frozen_blocks(model: GPTModel) -> int:
@@ -83,7 +128,7 @@ def cache_storage(need: int, device: torch.device, remedy: str = "--chapter") ->
     )
 
 
-class FrozenPrefixCache(nn.Module):
+class FrozenPrefixCache(Runner):
     """A GPTModel whose frozen part runs once per message and whose last block reads one position.
 
     The hidden states after the frozen embeddings and blocks are kept per message and reused
@@ -99,24 +144,16 @@ class FrozenPrefixCache(nn.Module):
     """
 
     def __init__(self, model: GPTModel, pooling="last", pad_token_id: int = PAD_TOKEN_ID):
-        super().__init__()
         refusal = cache_refusal(model)
         if refusal:
             raise ConfigError(f"the frozen-prefix cache cannot serve this model: {refusal}")
-        check_pooling(pooling)
-        self.model = model
-        self.pooling = pooling
+        super().__init__(model, pooling)
         self.pad_token_id = pad_token_id
         self.exact_padding = pooling != "flexible"
         self.num_frozen = frozen_blocks(model)
         self.frozen_weights = self._fingerprint()
         self.storage = self.device
         self.cache: dict[bytes, torch.Tensor] = {}
-
-    @property
-    def pos_emb(self) -> nn.Embedding:
-        """The wrapped model's position embedding (it tells the context length)."""
-        return self.model.pos_emb
 
     @property
     def device(self) -> torch.device:
@@ -240,10 +277,8 @@ class FrozenPrefixCache(nn.Module):
     @torch.no_grad()
     def _run_prefix(self, in_idx: torch.Tensor) -> torch.Tensor:
         """Run the embeddings and the frozen blocks."""
-        model = self.model
-        positions = torch.arange(in_idx.shape[1], device=in_idx.device)
-        x = model.drop_emb(model.tok_emb(in_idx) + model.pos_emb(positions))
-        for block in model.trf_blocks[: self.num_frozen]:
+        x = self.model.embed(in_idx)
+        for block in self.model.trf_blocks[: self.num_frozen]:
             x = block(x)
         return x
 
@@ -282,74 +317,48 @@ def block_at_positions(
     return shortcut + block.ff(block.norm2(shortcut))
 
 
-class Autocast(nn.Module):
-    """Run a model under automatic mixed precision and return float32 logits."""
+class Autocast(Runner):
+    """Run another runner under automatic mixed precision and return float32 logits."""
 
-    def __init__(self, model: nn.Module, dtype: torch.dtype = torch.bfloat16):
-        super().__init__()
-        self.model = model
+    def __init__(self, runner: Runner, dtype: torch.dtype = torch.bfloat16):
+        super().__init__(runner.model, runner.pooling)
+        self.runner = runner
         self.dtype = dtype
-
-    @property
-    def pos_emb(self) -> nn.Embedding:
-        """The wrapped model's position embedding (it tells the context length)."""
-        return self.model.pos_emb
 
     def forward(self, in_idx: torch.Tensor) -> torch.Tensor:
         with torch.autocast(in_idx.device.type, dtype=self.dtype):
-            return self.model(in_idx).float()
-
-
-def bf16_is_fast(device: torch.device) -> bool:
-    """Return whether this device multiplies bfloat16 matrices in hardware, not by emulation."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported(including_emulation=False)
-    if device.type == "cpu" and platform.system() == "Linux":
-        flags = Path("/proc/cpuinfo").read_text(errors="replace").split()
-        return "amx_bf16" in flags or "avx512_bf16" in flags
-    return False
-
-
-def choose_precision(device: torch.device, precision: str = "auto") -> str:
-    """Resolve `auto` to bfloat16 where the hardware has it, else float32.
-
-    float64 is for exact comparisons: the model's parameters are then float64 (parameter_dtype).
-    """
-    if precision not in PRECISIONS:
-        raise ConfigError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
-    if precision == "auto":
-        return "bfloat16" if bf16_is_fast(device) else "float32"
-    return precision
-
-
-def has_fused_adamw(device: torch.device) -> bool:
-    """Return whether AdamW can update every parameter in one fused kernel on this device.
-
-    The fused kernel takes the same steps as the default one, up to rounding in the last bit,
-    and spends a few milliseconds less on each step of the chapter's 7 million parameters.
-    """
-    return device.type in _get_fused_kernels_supported_devices()
-
-
-def parameter_dtype(precision: str) -> torch.dtype:
-    """Return the dtype a model's parameters have for a resolved precision (bfloat16: autocast)."""
-    return torch.float64 if precision == "float64" else torch.float32
+            return self.runner(in_idx).float()
 
 
 def speed_up(model: GPTModel, pooling: str, precision="float32", compile=False, datasets=()):
-    """Wrap a model with every speed-up that leaves its results as they are meant to be.
+    """Return the fastest runner of a model whose results are the ones meant.
 
     The frozen-prefix cache, where `cache_refusal` allows it, is filled ahead with the
-    messages of `datasets`. Returns the model to train and evaluate; its parameters are the
+    messages of `datasets`; else the whole model runs (PooledModel). Its parameters are the
     original model's.
     """
-    fast: nn.Module = model
+    runner: Runner
     if cache_refusal(model) is None:
-        fast = FrozenPrefixCache(model, pooling)
-        with torch.autocast(fast.device.type, torch.bfloat16, enabled=precision == "bfloat16"):
-            fast.fill(*(torch.tensor(dataset.encoded_texts) for dataset in datasets))
+        runner = FrozenPrefixCache(model, pooling)
+        with torch.autocast(runner.device.type, torch.bfloat16, enabled=precision == "bfloat16"):
+            runner.fill(*(torch.tensor(dataset.encoded_texts) for dataset in datasets))
+    else:
+        runner = PooledModel(model, pooling)
     if precision == "bfloat16":
-        fast = Autocast(fast)
+        runner = Autocast(runner)
     if compile:
-        fast = torch.compile(fast, dynamic=True)
-    return fast
+        runner.compile(dynamic=True)
+    return runner
+
+
+def classifier_runner(
+    model: GPTModel, settings: TrainSettings, precision: str, datasets=()
+) -> Runner:
+    """Return the runner a run computes with: the loop's way and the precision it chose.
+
+    `precision` is the resolved one (never `auto`); `datasets` fill the fast loop's cache ahead.
+    """
+    if settings.loop == "fast":
+        return speed_up(model, settings.pooling, precision, settings.compile, datasets)
+    runner = PooledModel(model, settings.pooling)
+    return Autocast(runner) if precision == "bfloat16" else runner

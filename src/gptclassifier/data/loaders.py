@@ -7,10 +7,10 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
-from gptclassifier.errors import ConfigError, DataError
-from gptclassifier.tokenizer import PAD_TOKEN_ID
+from gptclassifier.errors import DataError, check_choice
+from gptclassifier.settings import PADDINGS
+from gptclassifier.model.tokenizer import PAD_TOKEN_ID
 
-PADDINGS = ("longest", "context")  # to the longest training message, or to the model's context
 
 
 class SpamDataset(Dataset):
@@ -66,8 +66,7 @@ def create_datasets(
 
     `padding="context"` pads every message to the model's whole context instead.
     """
-    if padding not in PADDINGS:
-        raise ConfigError(f"unknown padding {padding!r}: choose one of {', '.join(PADDINGS)}")
+    check_choice("padding", padding, PADDINGS)
     if padding == "context":
         train = SpamDataset(splits["train"], tokenizer, context_length)
     else:

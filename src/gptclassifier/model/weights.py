@@ -10,13 +10,12 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from gptclassifier.download import sha256_of
-from gptclassifier.errors import ConfigError, DataError, DownloadError, warn_fallback
-from gptclassifier.model import GPT_SIZES, GPTModel, model_config
-from gptclassifier.profiles import strict_mode
+from gptclassifier.errors import DataError, DownloadError, check_choice, strict_mode, warn_fallback
+from gptclassifier.files import sha256_of
+from gptclassifier.model.gpt import GPT_SIZES, GPTModel, model_config
+from gptclassifier.settings import WEIGHT_CHOICES
 
 WEIGHTS_FILE = "model.safetensors"
-WEIGHT_CHOICES = ("pretrained", "random")
 
 
 @dataclass(frozen=True)
@@ -172,9 +171,7 @@ def load_base_model(name: str, seed: int = 123, weights: str = "pretrained") -> 
     as does `weights="random"`; $GPTCLASSIFIER_STRICT turns a failed download into an error
     instead of a fallback.
     """
-    if weights not in WEIGHT_CHOICES:
-        choices = ", ".join(WEIGHT_CHOICES)
-        raise ConfigError(f"unknown weights {weights!r}: choose one of {choices}")
+    check_choice("weights", weights, WEIGHT_CHOICES)
     config = model_config(name)
     if weights == "random":
         note = "random weights were chosen"

@@ -7,11 +7,11 @@ from pathlib import Path
 
 from IPython.display import Code
 
-from gptclassifier.data import SMS_FILE_VARIABLE, LabeledData, load_data, sms_cache_path
-from gptclassifier.pipeline import fine_tune
-from gptclassifier.profiles import Profile, get_profile
-from gptclassifier.runs import read_json
-from gptclassifier.weights import HUB_CHECKPOINTS, cached_gpt2
+from gptclassifier.data.sms import SMS_FILE_VARIABLE, LabeledData, load_data, sms_cache_path
+from gptclassifier.files import read_json
+from gptclassifier.model.weights import HUB_CHECKPOINTS, cached_gpt2
+from gptclassifier.settings import Profile, get_profile
+from gptclassifier.training.fine_tune import fine_tune
 
 PROFILE_PURPOSES = {
     "book": "the chapter's data, model and settings",

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from gptclassifier.timing import Phases
+from gptclassifier.progress import Phases
 
 
 def test_phases_add_up_in_the_order_they_first_ran():

@@ -10,9 +10,10 @@ from matplotlib.figure import Figure
 from matplotlib.patches import FancyBboxPatch
 from torch import nn
 
-from gptclassifier.model import GPTModel
-from gptclassifier.tokenizer import PAD_TOKEN_ID
-from gptclassifier.train import evaluating, pooled_positions
+from gptclassifier.model.gpt import GPTModel
+from gptclassifier.model.tokenizer import PAD_TOKEN_ID
+from gptclassifier.training.loop import evaluating
+from gptclassifier.training.pooling import pooled_positions
 
 TRAINABLE_COLOUR, FROZEN_COLOUR, PADDING_COLOUR = "tab:orange", "lightsteelblue", "0.85"
 POOLING_MARKERS = {"last": ("X", "tab:red"), "first": ("o", "tab:green"), "flexible": ("*", "k")}
@@ -104,8 +105,7 @@ def attention_weights(model: GPTModel, input_ids: torch.Tensor, block: int = -1)
     """Return one block's attention weights, shape (batch, heads, query, key), computed by hand."""
     index = range(len(model.trf_blocks))[block]
     with evaluating(model):
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        hidden = model.tok_emb(input_ids) + model.pos_emb(positions)
+        hidden = model.embed(input_ids)
         for earlier in model.trf_blocks[:index]:
             hidden = earlier(hidden)
         chosen = model.trf_blocks[index]

@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from gptclassifier.download import cache_dir, write_atomically
+from gptclassifier.files import cache_dir, write_atomically
 
 PRACTICE_SEED = 123
 PRACTICE_SIZE = 600

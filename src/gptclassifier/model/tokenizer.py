@@ -9,8 +9,9 @@ import tiktoken
 from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 from tiktoken_ext.openai_public import r50k_pat_str
 
-from gptclassifier.download import cache_dir, download_file, sha256_of
+from gptclassifier.download import download_file
 from gptclassifier.errors import FallbackWarning
+from gptclassifier.files import cache_dir, sha256_of
 
 END_OF_TEXT = "<|endoftext|>"
 PAD_TOKEN_ID = 50256  # <|endoftext|>, which the chapter also uses for padding

@@ -3,12 +3,10 @@
 import torch
 from torch import nn
 
-from gptclassifier.errors import ConfigError
-from gptclassifier.lora import replace_linear_with_lora
-from gptclassifier.model import GPTModel
-from gptclassifier.profiles import TrainSettings
-
-TRAINABLE_STRATEGIES = ("last_layer", "last_block", "last_two_blocks", "all", "lora")
+from gptclassifier.errors import check_choice
+from gptclassifier.model.gpt import GPTModel
+from gptclassifier.model.lora import replace_linear_with_lora
+from gptclassifier.settings import TRAINABLE_STRATEGIES, TrainSettings
 
 
 def add_classification_head(model: GPTModel, num_classes: int, seed: int = 123) -> GPTModel:
@@ -30,9 +28,7 @@ def set_trainable(
     lora (appendix E): nothing of the model, but a LoRA update of `lora_rank` and `lora_alpha`
     beside every linear layer, the head's included.
     """
-    if strategy not in TRAINABLE_STRATEGIES:
-        choices = ", ".join(TRAINABLE_STRATEGIES)
-        raise ConfigError(f"unknown trainable strategy {strategy!r}: choose one of {choices}")
+    check_choice("trainable strategy", strategy, TRAINABLE_STRATEGIES)
     blocks = {"last_layer": 0, "last_block": 1, "last_two_blocks": 2}.get(strategy)
     model.requires_grad_(strategy == "all")
     if strategy == "lora":

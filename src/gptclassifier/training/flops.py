@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from matplotlib.figure import Figure
 
 from gptclassifier.errors import ConfigError
-from gptclassifier.tokenizer import PAD_TOKEN_ID
+from gptclassifier.model.tokenizer import PAD_TOKEN_ID
 
 PHASES = (
     "frozen blocks, training steps",

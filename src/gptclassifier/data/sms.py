@@ -1,4 +1,4 @@
-"""The SMS Spam Collection: download, parse, balance, split, and where the data came from."""
+"""The SMS Spam Collection and other labeled tables: download, parse, and where they came from."""
 
 import hashlib
 import io
@@ -10,16 +10,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from gptclassifier.download import (
-    cache_dir,
-    download_file,
-    read_zip_member,
-    sha256_of,
-    write_atomically,
-)
+from gptclassifier.files import cache_dir, read_zip_member, sha256_of, write_atomically
+from gptclassifier.download import download_file
 from gptclassifier.errors import DataError, DownloadError, warn_fallback
-from gptclassifier.practice import practice_file
-from gptclassifier.profiles import get_profile, strict_mode
+from gptclassifier.data.practice_set import practice_file
+from gptclassifier.settings import PARSINGS, get_profile
+from gptclassifier.errors import check_choice
+from gptclassifier.errors import strict_mode
 
 SMS_ARCHIVE_URLS = (
     "https://archive.ics.uci.edu/static/public/228/sms+spam+collection.zip",
@@ -31,7 +28,6 @@ SMS_FILE_SHA256 = "7d039a24a6083ed9ef0f806ebad56bbb976e3aeb8de05669173bfdc4996c2
 SMS_MEMBER = "SMSSpamCollection"
 SMS_CLASSES = ("ham", "spam")
 SMS_FILE_VARIABLE = "GPTCLASSIFIER_SMS_FILE"
-PARSINGS = ("exact", "book")
 
 
 @dataclass(frozen=True)
@@ -93,8 +89,7 @@ def read_sms_spam(path: Path, parsing: str = "exact") -> pd.DataFrame:
     Both refuse a file with a line that is not a label, a tab and a message.
     """
     path = Path(path)
-    if parsing not in PARSINGS:
-        raise DataError(f"unknown parsing {parsing!r}: choose one of {', '.join(PARSINGS)}")
+    check_choice("parsing", parsing, PARSINGS)
     raw = _read_bytes(path)
     exact = _parse_exact(raw, path)
     if parsing == "exact":
@@ -292,62 +287,3 @@ def _provenance(source: str, path: Path, note: str = "") -> Provenance:
     if source == "local" and digest in (SMS_FILE_SHA256, SMS_ARCHIVE_SHA256):
         note = note or "the SMS Spam Collection (hash verified)"
     return Provenance(source, str(path.resolve()), digest, note)
-
-
-def create_balanced_dataset(df: pd.DataFrame, seed: int = 123) -> pd.DataFrame:
-    """Undersample every class to the size of the smallest, as the chapter does for ham.
-
-    Classes come in label order; a class already of the smallest size is kept as it is, so for
-    ham and spam this is exactly the chapter's frame: 747 sampled ham, then all 747 spam.
-    """
-    counts = df["Label"].value_counts()
-    if len(counts) < 2:
-        found = ", ".join(map(repr, counts.index.astype(str))) or "none"
-        raise DataError(f"balancing needs at least two classes, found {len(counts)}: {found}")
-    smallest = counts.min()
-    parts = []
-    for label in class_names(df):
-        rows = df[df["Label"].astype(str) == label]
-        parts.append(rows if len(rows) == smallest else rows.sample(smallest, random_state=seed))
-    return pd.concat(parts)
-
-
-def encode_labels(df: pd.DataFrame, classes: tuple[str, ...] = SMS_CLASSES) -> pd.DataFrame:
-    """Return a copy whose `Label` holds class indices; labels already encoded pass through.
-
-    The chapter's `.map({"ham": 0, "spam": 1})` turns every label into NaN when run twice;
-    this is safe to run any number of times.
-    """
-    index = {name: number for number, name in enumerate(classes)}
-
-    def encode(label):
-        if isinstance(label, str):
-            if label not in index:
-                raise DataError(f"label {label!r} is not one of {', '.join(classes)}")
-            return index[label]
-        if label in range(len(classes)):
-            return int(label)
-        raise DataError(f"label {label!r} is neither a class name nor a class index")
-
-    return df.assign(Label=df["Label"].map(encode).astype("int64"))
-
-
-def random_split(
-    df: pd.DataFrame, train_frac: float, validation_frac: float, seed: int = 123
-) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Shuffle with `seed` and cut into train, validation and test, as the chapter does."""
-    if not (train_frac > 0 and validation_frac > 0 and train_frac + validation_frac < 1):
-        raise DataError(
-            f"fractions train={train_frac}, validation={validation_frac} must be positive "
-            "and leave room for a test set"
-        )
-    shuffled = df.sample(frac=1, random_state=seed).reset_index(drop=True)
-    train_end = int(len(shuffled) * train_frac)
-    validation_end = train_end + int(len(shuffled) * validation_frac)
-    splits = shuffled[:train_end], shuffled[train_end:validation_end], shuffled[validation_end:]
-    if any(len(split) == 0 for split in splits):
-        raise DataError(
-            f"{len(df)} rows are too few to split {train_frac}/{validation_frac}/rest "
-            "with every part non-empty"
-        )
-    return splits

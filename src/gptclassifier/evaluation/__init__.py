@@ -1,0 +1,1 @@
+"""Judging and using a classifier: metrics, inference on new messages, and baselines."""

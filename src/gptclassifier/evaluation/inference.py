@@ -1,0 +1,155 @@
+"""Judging and using a fine-tuned classifier: metrics, thresholds, new messages."""
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch import nn
+
+from gptclassifier.data.loaders import SpamDataset, evaluation_loader
+from gptclassifier.errors import DataError
+from gptclassifier.evaluation.metrics import (
+    class_probabilities,
+    classification_metrics,
+    confusion_matrix,
+)
+from gptclassifier.model.tokenizer import PAD_TOKEN_ID, get_tokenizer
+from gptclassifier.runs import load_run, run_settings
+from gptclassifier.training.device import choose_device
+from gptclassifier.training.loop import evaluating
+from gptclassifier.training.runners import classifier_logits, classifier_runner, context_length
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """A message's predicted class and the model's probability for it."""
+
+    label: str
+    probability: float
+
+
+def classify_texts(
+    texts: Sequence[str],
+    model,
+    tokenizer,
+    device,
+    max_length: int | None = None,
+    pad_token_id: int = PAD_TOKEN_ID,
+    pooling: str = "last",
+    classes: Sequence[str] = ("ham", "spam"),
+    batch_size: int = 32,
+) -> list[Prediction]:
+    """Classify new messages, prepared the way the training messages were.
+
+    With `last` or `first` pooling each message is padded to `max_length` like the training
+    set; `flexible` pooling needs no padding beyond the longest message of the batch.
+    """
+    longest = context_length(model)
+    limit = min(max_length or longest, longest)
+    encoded = []
+    for text in texts:
+        if not text.strip():
+            raise DataError("cannot classify an empty message")
+        ids = tokenizer.encode(text, disallowed_special=())
+        if len(ids) > limit:
+            warnings.warn(
+                f"a message of {len(ids)} tokens is cut to the first {limit}", stacklevel=2
+            )
+        encoded.append(ids[:limit])
+    trimmed = pooling == "flexible" or max_length is None
+    order = list(range(len(encoded)))
+    if trimmed:  # each batch is padded to its longest message: batch similar lengths together
+        order.sort(key=lambda i: len(encoded[i]))
+    predictions: list[Prediction | None] = [None] * len(encoded)
+    for start in range(0, len(encoded), batch_size):
+        rows = order[start : start + batch_size]
+        chunk = [encoded[i] for i in rows]
+        length = max(map(len, chunk)) if trimmed else limit
+        batch = torch.tensor([ids + [pad_token_id] * (length - len(ids)) for ids in chunk])
+        with evaluating(model):
+            logits = classifier_logits(model, batch.to(device), pooling, pad_token_id)
+        probabilities = torch.softmax(logits.float(), dim=-1).cpu()
+        for offset, index in enumerate(probabilities.argmax(dim=-1).tolist()):
+            predictions[rows[offset]] = Prediction(
+                classes[index], probabilities[offset, index].item()
+            )
+    return predictions
+
+
+def classify_text(text: str, model, tokenizer, device, **options) -> Prediction:
+    """Classify one new message; see classify_texts for the options."""
+    return classify_texts([text], model, tokenizer, device, **options)[0]
+
+
+classify_review = classify_text  # the name section 6.8 of the book gives it
+
+
+def load_classifier(run_dir: Path) -> tuple[nn.Module, dict, torch.device]:
+    """Return a saved run's model wrapped as its training computed, its configuration, device."""
+    device = choose_device()
+    model, config = load_run(run_dir, device)
+    return classifier_runner(model, run_settings(config), config["precision"]), config, device
+
+
+def _load_on_split(run_dir: Path, split: str):
+    """Return a run's model wrapped as training computed, on a split it has already seen.
+
+    Also returns the configuration, the device, the split's frame and a loader batched as
+    training evaluated. The frozen blocks run over the split ahead, in batches of similar
+    length, as training's cache did.
+    """
+    device = choose_device()
+    model, config = load_run(run_dir, device)
+    split_file = Path(run_dir) / "data" / f"{split}.csv"
+    if not split_file.is_file():
+        raise DataError(f"{split_file}: the run has no {split} split")
+    frame = pd.read_csv(split_file, keep_default_na=False)
+    dataset = SpamDataset(frame, get_tokenizer(), config["max_length"])
+    settings = run_settings(config)
+    loader = evaluation_loader(dataset, settings.batch_size, settings.trims_padding)
+    runner = classifier_runner(model, settings, config["precision"], [dataset])
+    return runner, config, device, frame, loader
+
+
+def evaluate_run(run_dir: Path, split: str = "test") -> dict:
+    """Return the metrics of a saved run on one of its splits, computed as training did."""
+    runner, config, device, _, loader = _load_on_split(run_dir, split)
+    counts = confusion_matrix(runner, loader, device, len(config["classes"]), config["pooling"])
+    return classification_metrics(counts)
+
+
+def split_predictions(run_dir: Path, split: str = "test") -> pd.DataFrame:
+    """Return a run's split: text, true and predicted label, and P(class) of every class.
+
+    The probabilities are computed as training computed them (see load_classifier).
+    """
+    runner, config, device, frame, loader = _load_on_split(run_dir, split)
+    probabilities, targets = class_probabilities(runner, loader, device, config["pooling"])
+    classes = config["classes"]
+    table = pd.DataFrame(
+        {
+            "text": frame["Text"],
+            "label": [classes[index] for index in targets.tolist()],
+            "predicted": [classes[index] for index in probabilities.argmax(dim=-1).tolist()],
+        }
+    )
+    for index, name in enumerate(classes):
+        table[f"P({name})"] = probabilities[:, index].numpy()
+    return table
+
+
+def classify_with_run(run_dir: Path, texts: Sequence[str]) -> list[Prediction]:
+    """Classify new messages with a saved run, prepared and computed as its training was."""
+    runner, config, device = load_classifier(run_dir)
+    return classify_texts(
+        texts,
+        runner,
+        get_tokenizer(),
+        device,
+        max_length=config["max_length"],
+        pooling=config["pooling"],
+        classes=config["classes"],
+    )

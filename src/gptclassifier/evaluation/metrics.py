@@ -1,0 +1,126 @@
+"""How good a classifier is: confusion matrices, accuracy, precision, recall, F1, thresholds."""
+
+import numpy as np
+import pandas as pd
+import torch
+
+from gptclassifier.errors import DataError
+from gptclassifier.training.loop import evaluating
+from gptclassifier.training.runners import classifier_logits
+
+
+def _batch_logits(model, data_loader, device, pooling: str):
+    """Yield each batch's class logits (on the CPU) and its true classes."""
+    with evaluating(model):
+        for inputs, targets in data_loader:
+            yield classifier_logits(model, inputs.to(device), pooling).cpu(), targets
+
+
+def confusion_counts(true, predicted, num_classes: int) -> torch.Tensor:
+    """Return counts of (true class, predicted class), true classes in rows, as a long tensor."""
+    pairs = torch.as_tensor(true, dtype=torch.long) * num_classes
+    pairs += torch.as_tensor(predicted, dtype=torch.long)
+    return torch.bincount(pairs, minlength=num_classes**2).view(num_classes, num_classes)
+
+
+def confusion_matrix(model, data_loader, device, num_classes: int, pooling="last") -> torch.Tensor:
+    """Return counts of (true class, predicted class) over every message of a loader."""
+    counts = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    for logits, targets in _batch_logits(model, data_loader, device, pooling):
+        counts += confusion_counts(targets, logits.argmax(dim=-1), num_classes)
+    return counts
+
+
+def class_probabilities(
+    model, data_loader, device, pooling="last"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return every message's class probabilities (float64, a row each) and true classes."""
+    batches = list(_batch_logits(model, data_loader, device, pooling))
+    if not batches:
+        raise DataError("the loader has no messages to classify")
+    logits, targets = zip(*batches, strict=True)
+    return torch.softmax(torch.cat(logits).double(), dim=-1), torch.cat(targets)
+
+
+def classification_metrics(counts: torch.Tensor) -> dict:
+    """Return accuracy, precision, recall and F1 from a confusion matrix.
+
+    With two classes these describe class 1 (spam); with more, they are macro averages.
+    """
+    counts = counts.double()
+    true_positives = counts.diagonal()
+    precision = _safe_ratio(true_positives, counts.sum(dim=0))
+    recall = _safe_ratio(true_positives, counts.sum(dim=1))
+    f1 = _safe_ratio(2 * precision * recall, precision + recall)
+    pick = (lambda per_class: per_class[1]) if len(counts) == 2 else (lambda t: t.mean())
+    return {
+        "accuracy": (true_positives.sum() / counts.sum()).item(),
+        "precision": pick(precision).item(),
+        "recall": pick(recall).item(),
+        "f1": pick(f1).item(),
+        "confusion_matrix": counts.long().tolist(),
+        "num_examples": int(counts.sum().item()),
+    }
+
+
+def _safe_ratio(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
+    """Divide element-wise, giving 0 where the denominator is 0."""
+    return torch.where(denominator > 0, numerator / denominator.clamp(min=1e-12), 0.0)
+
+
+def _scores_and_targets(scores, targets) -> tuple[np.ndarray, np.ndarray]:
+    """Return spam scores and 0/1 true classes as equally long arrays, or say what is wrong."""
+    scores = np.asarray(scores, dtype=float)
+    targets = np.asarray(targets)
+    if scores.ndim != 1 or scores.shape != targets.shape or len(scores) == 0:
+        raise ValueError(
+            f"need one score per true class, got shapes {scores.shape} and {targets.shape}"
+        )
+    if not np.isfinite(scores).all():
+        raise ValueError("scores must be finite numbers")
+    if not np.isin(targets, (0, 1)).all():
+        raise ValueError("true classes must be 0 (ham) or 1 (spam)")
+    return scores, targets.astype(np.int64)
+
+
+def confusion_at_threshold(scores, targets, threshold: float) -> torch.Tensor:
+    """Return the 2x2 confusion matrix of calling a message spam when its score >= threshold."""
+    scores, targets = _scores_and_targets(scores, targets)
+    return confusion_counts(targets, scores >= threshold, 2)
+
+
+def precision_recall_curve(scores, targets) -> pd.DataFrame:
+    """Return precision and recall of calling scores >= t spam, for each distinct score t.
+
+    Rows go from the lowest threshold (everything flagged) to the highest; these are the
+    points of scikit-learn's function of the same name, less its final (recall 0) point.
+    """
+    scores, targets = _scores_and_targets(scores, targets)
+    if not targets.any():
+        raise ValueError("a precision-recall curve needs at least one spam message")
+    order = np.argsort(-scores, kind="stable")
+    ranked, true_positives = scores[order], np.cumsum(targets[order])
+    flagged = np.arange(1, len(ranked) + 1)
+    last_of_ties = np.append(ranked[1:] != ranked[:-1], True)
+    curve = pd.DataFrame(
+        {
+            "threshold": ranked[last_of_ties],
+            "flagged": flagged[last_of_ties],
+            "precision": (true_positives / flagged)[last_of_ties],
+            "recall": (true_positives / true_positives[-1])[last_of_ties],
+        }
+    )
+    return curve.iloc[::-1].reset_index(drop=True)
+
+
+def choose_threshold(curve: pd.DataFrame, min_precision: float) -> float:
+    """Return the lowest threshold of a precision-recall curve with at least `min_precision`."""
+    if not 0 < min_precision <= 1:
+        raise ValueError(f"min_precision must lie in (0, 1], got {min_precision}")
+    reaching = curve.loc[curve["precision"] >= min_precision, "threshold"]
+    if reaching.empty:
+        raise ValueError(
+            f"no threshold reaches a precision of {min_precision:.0%} "
+            f"(the highest is {curve['precision'].max():.0%})"
+        )
+    return float(reaching.min())
