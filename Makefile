@@ -1,4 +1,4 @@
-# `make` alone lists the targets. Every target that needs Python runs `setup` first.
+# `make` alone lists the targets. Every target that needs Python sets up what it needs first.
 .DEFAULT_GOAL := help
 SHELL := /bin/bash
 
@@ -10,6 +10,8 @@ BIN := $(VENV)/bin
 # to skip the multi-GB CUDA build.
 TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
+# `make train` needs the package alone; the lessons and the tests add the lab and dev extras.
+TRAIN_STAMP := $(VENV)/.setup-train
 SETUP_STAMP := $(VENV)/.setup-complete
 # Where `make train` saves its run; a new folder each time, so no run is ever overwritten.
 RUN_DIR ?= runs/chapter-$(shell date +%Y%m%d-%H%M%S)
@@ -20,9 +22,11 @@ EXPERIMENTS_DIR ?= experiments
 LESSONS ?= $(sort $(wildcard notebooks/[0-9]*.ipynb))
 # The notebooks are checked, and re-saved, in the smoke profile: seconds, no network.
 NOTEBOOK_ENV := GPTCLASSIFIER_PROFILE=smoke
+# The markers (pyproject.toml) that `make test-fast` leaves out.
+FAST_TESTS := not slow and not real_data and not browser and not network
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with notebooks/nbval-sanitize.cfg
 
-.PHONY: help setup lab prepare train experiments bench test notebooks lessons lint clean
+.PHONY: help setup setup-train lab prepare train experiments bench test test-fast notebooks lessons lint clean
 
 help: ## List the targets
 	@echo "gptclassifier: fine-tune GPT-2 into a spam classifier"
@@ -30,29 +34,38 @@ help: ## List the targets
 
 setup: $(SETUP_STAMP) ## Create .venv with the package, JupyterLab and the test tools (idempotent)
 
-$(SETUP_STAMP): pyproject.toml
+setup-train: $(TRAIN_STAMP) ## Create .venv with the package and its command line only (idempotent)
+
+$(TRAIN_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check $(TORCH_INDEX) "$(TORCH)"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e .
+	touch $@
+
+$(SETUP_STAMP): $(TRAIN_STAMP)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[lab,dev]"
 	touch $@
 
 lab: setup ## Open JupyterLab on the lessons, at lesson 1 (LAB_ARGS: more JupyterLab options)
 	$(BIN)/python -m gptclassifier.lessons.lab $(LAB_ARGS)
 
-prepare: setup ## Write the chapter's train/validation/test CSVs to data/prepared
+prepare: setup-train ## Write the chapter's train/validation/test CSVs to data/prepared
 	$(BIN)/gptclassifier prepare --out data/prepared
 
-train: setup ## Fine-tune GPT-2 small as the chapter does (TRAIN_ARGS=--fast: the fastest way)
+train: setup-train ## Fine-tune GPT-2 small as the chapter does (TRAIN_ARGS=--fast: the fastest way)
 	$(BIN)/gptclassifier train --profile book --out $(RUN_DIR) $(TRAIN_ARGS)
 
-experiments: setup ## The book's table of design experiments and two baselines (EXPERIMENT_ARGS="--rows chapter,lora --seeds 123,124,125")
+experiments: setup-train ## The book's table of design experiments and two baselines (EXPERIMENT_ARGS="--rows chapter,lora --seeds 123,124,125")
 	$(BIN)/gptclassifier experiments --profile book --out $(EXPERIMENTS_DIR) $(EXPERIMENT_ARGS)
 
-bench: setup ## Time every phase of the chapter's way and the fast ways, and how cost scales (BENCH_ARGS=--quick: about two minutes)
+bench: setup-train ## Time every phase of the chapter's way and the fast ways, and how cost scales (BENCH_ARGS=--quick: about two minutes)
 	$(BIN)/python benchmarks/finetune_speed.py $(BENCH_ARGS)
 
 test: setup ## Run the tests, and strict nbval on every notebook
 	$(NOTEBOOK_ENV) $(BIN)/python -m pytest $(NBVAL) tests notebooks
+
+test-fast: setup ## The quick subset for the edit-test loop: no slow, real-data, browser or network tests, no notebooks
+	$(NOTEBOOK_ENV) $(BIN)/python -m pytest -m "$(FAST_TESTS)" tests
 
 notebooks: setup ## Re-run every notebook top to bottom in the smoke profile and save its outputs
 	$(NOTEBOOK_ENV) $(BIN)/jupyter nbconvert --to notebook --execute --inplace notebooks/*.ipynb

@@ -42,12 +42,12 @@ from gptclassifier.data.practice_set import generate_practice_messages
 from gptclassifier.data.sms import LabeledData, Provenance, load_data
 from gptclassifier.data.splits import prepare_splits
 from gptclassifier.errors import FallbackWarning
+from gptclassifier.fine_tune import fine_tune
 from gptclassifier.model.gpt import model_config
 from gptclassifier.model.tokenizer import get_tokenizer
 from gptclassifier.model.weights import cached_gpt2
 from gptclassifier.settings import FASTEST, TrainSettings
 from gptclassifier.training.device import choose_device, choose_precision
-from gptclassifier.training.fine_tune import fine_tune
 from gptclassifier.training.flops import Workload, count_flops
 
 LONGEST_MESSAGE = 120  # tokens: the real data's longest training message

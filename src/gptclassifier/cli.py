@@ -199,7 +199,7 @@ def run_train(args: argparse.Namespace) -> None:
         overrides |= {name: value for name, value in FASTEST.items() if overrides[name] is None}
     settings = train_settings(args.profile, **overrides)
     # Imported here: only training draws plots, and matplotlib takes half a second to import.
-    from gptclassifier.training.fine_tune import fine_tune
+    from gptclassifier.fine_tune import fine_tune
 
     data = load_data(args.data, settings.parsing, args.profile, args.text_column, args.label_column)
     result = fine_tune(

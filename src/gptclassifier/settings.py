@@ -4,10 +4,18 @@ import os
 from dataclasses import dataclass, fields, replace
 
 from gptclassifier.errors import ConfigError, check_choice
-from gptclassifier.model.gpt import GPT_SIZES
 
 PROFILE_VARIABLE = "GPTCLASSIFIER_PROFILE"
 
+# The model setting's choices: GPT-2's four published sizes and what differs between them.
+GPT_SIZES = {
+    "gpt2-small": {"emb_dim": 768, "n_layers": 12, "n_heads": 12},  # 124M parameters
+    "gpt2-medium": {"emb_dim": 1024, "n_layers": 24, "n_heads": 16},  # 355M
+    "gpt2-large": {"emb_dim": 1280, "n_layers": 36, "n_heads": 20},  # 774M
+    "gpt2-xl": {"emb_dim": 1600, "n_layers": 48, "n_heads": 25},  # 1558M
+    # A tiny model with GPT-2's vocabulary, for tests and the smoke profile.
+    "gpt2-nano": {"emb_dim": 48, "n_layers": 3, "n_heads": 3, "context_length": 128},
+}
 MODELS = tuple(GPT_SIZES)
 WEIGHT_CHOICES = ("pretrained", "random")
 TRAINABLE_STRATEGIES = ("last_layer", "last_block", "last_two_blocks", "all", "lora")

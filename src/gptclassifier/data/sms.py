@@ -10,13 +10,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from gptclassifier.files import cache_dir, read_zip_member, sha256_of, write_atomically
-from gptclassifier.download import download_file
-from gptclassifier.errors import DataError, DownloadError, warn_fallback
 from gptclassifier.data.practice_set import practice_file
+from gptclassifier.download import download_file
+from gptclassifier.errors import DataError, DownloadError, check_choice, strict_mode, warn_fallback
+from gptclassifier.files import cache_dir, read_zip_member, sha256_of, write_atomically
 from gptclassifier.settings import PARSINGS, get_profile
-from gptclassifier.errors import check_choice
-from gptclassifier.errors import strict_mode
 
 SMS_ARCHIVE_URLS = (
     "https://archive.ics.uci.edu/static/public/228/sms+spam+collection.zip",

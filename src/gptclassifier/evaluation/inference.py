@@ -1,4 +1,4 @@
-"""Judging and using a fine-tuned classifier: metrics, thresholds, new messages."""
+"""Using a fine-tuned classifier: new messages, and a saved run's metrics and predictions."""
 
 import warnings
 from collections.abc import Sequence

@@ -3,7 +3,7 @@
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from gptclassifier.errors import ConfigError
+from gptclassifier.errors import check_choice
 
 
 @dataclass(frozen=True)
@@ -64,9 +64,6 @@ def choose_experiments(names: Sequence[str] | None = None) -> list[Experiment]:
     """Return the named experiments in the table's order (all when `names` is empty or None)."""
     if not names:
         return list(EXPERIMENTS.values())
-    unknown = [name for name in names if name not in EXPERIMENTS]
-    if unknown:
-        raise ConfigError(
-            f"unknown experiment {unknown[0]!r}: choose among {', '.join(EXPERIMENTS)}"
-        )
+    for name in names:
+        check_choice("experiment", name, EXPERIMENTS)
     return [experiment for name, experiment in EXPERIMENTS.items() if name in names]

@@ -14,7 +14,7 @@ from gptclassifier.experiments.book_table import EXPERIMENTS, Experiment, choose
 from gptclassifier.data.sms import LabeledData
 from gptclassifier.files import atomic_writer
 from gptclassifier.errors import ConfigError
-from gptclassifier.training.fine_tune import fine_tune
+from gptclassifier.fine_tune import fine_tune
 from gptclassifier.plots import save_figure
 from gptclassifier.data.splits import SPLIT_NAMES, prepare_splits, write_splits
 from gptclassifier.settings import TrainSettings, train_settings

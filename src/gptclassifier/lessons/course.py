@@ -9,9 +9,9 @@ from IPython.display import Code
 
 from gptclassifier.data.sms import SMS_FILE_VARIABLE, LabeledData, load_data, sms_cache_path
 from gptclassifier.files import read_json
+from gptclassifier.fine_tune import fine_tune
 from gptclassifier.model.weights import HUB_CHECKPOINTS, cached_gpt2
 from gptclassifier.settings import Profile, get_profile
-from gptclassifier.training.fine_tune import fine_tune
 
 PROFILE_PURPOSES = {
     "book": "the chapter's data, model and settings",

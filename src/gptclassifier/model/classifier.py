@@ -1,4 +1,4 @@
-"""Turn a GPT language model into a classifier: a new output head and partial unfreezing."""
+"""From a language model to a classifier: a new output head, what trains, the causal mask."""
 
 import torch
 from torch import nn

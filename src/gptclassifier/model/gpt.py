@@ -5,20 +5,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from gptclassifier.errors import ConfigError, check_choice
+from gptclassifier.settings import GPT_SIZES
 
 BASE_CONFIG = {
     "vocab_size": 50257,  # GPT-2's byte-pair vocabulary
     "context_length": 1024,  # the most tokens the model can see at once
     "drop_rate": 0.0,  # the chapter fine-tunes without dropout
     "qkv_bias": True,  # GPT-2 has biases in its query, key and value projections
-}
-GPT_SIZES = {
-    "gpt2-small": {"emb_dim": 768, "n_layers": 12, "n_heads": 12},  # 124M parameters
-    "gpt2-medium": {"emb_dim": 1024, "n_layers": 24, "n_heads": 16},  # 355M
-    "gpt2-large": {"emb_dim": 1280, "n_layers": 36, "n_heads": 20},  # 774M
-    "gpt2-xl": {"emb_dim": 1600, "n_layers": 48, "n_heads": 25},  # 1558M
-    # A tiny model with GPT-2's vocabulary, for tests and the smoke profile.
-    "gpt2-nano": {"emb_dim": 48, "n_layers": 3, "n_heads": 3, "context_length": 128},
 }
 
 

@@ -12,8 +12,8 @@ from safetensors.torch import load_file
 
 from gptclassifier.errors import DataError, DownloadError, check_choice, strict_mode, warn_fallback
 from gptclassifier.files import sha256_of
-from gptclassifier.model.gpt import GPT_SIZES, GPTModel, model_config
-from gptclassifier.settings import WEIGHT_CHOICES
+from gptclassifier.model.gpt import GPTModel, model_config
+from gptclassifier.settings import GPT_SIZES, WEIGHT_CHOICES
 
 WEIGHTS_FILE = "model.safetensors"
 

@@ -1,1 +1,1 @@
-"""Fine-tuning: the device, pooling, the ways a run computes, the loop and the whole run."""
+"""Fine-tuning's machinery: the device, pooling, the runners, the chapter's loop, FLOP counts."""

@@ -1,4 +1,4 @@
-"""Fine-tuning on one token's logits: pooling, losses, accuracy and the chapter's training loop."""
+"""The chapter's training loop: losses, accuracy, the history, and evaluation mode."""
 
 import contextlib
 import time

@@ -12,11 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gptclassifier.errors import ConfigError
+from gptclassifier.errors import ConfigError, check_choice
 from gptclassifier.model.classifier import has_causal_mask
 from gptclassifier.model.gpt import GPTModel, TransformerBlock
 from gptclassifier.model.tokenizer import PAD_TOKEN_ID
-from gptclassifier.settings import POOLINGS, TrainSettings, check_choice
+from gptclassifier.settings import POOLINGS, TrainSettings
 from gptclassifier.training.pooling import pool_logits, pooled_positions
 
 MEMORY_SHARE = 0.8  # of the free memory the cache may take: training needs the rest
