@@ -1,4 +1,8 @@
-"""Fixtures shared by the tests: no internet, an isolated cache, a local file server, real data."""
+"""Fixtures shared by the tests: no internet, an isolated cache, a local file server, real data,
+the tokenizer, the smoke profile's data and splits, the seeded gpt2-nano classifier.
+
+The fixtures import the package when they run, after the environment below is set.
+"""
 
 import ipaddress
 import os
@@ -65,6 +69,107 @@ def isolated_settings(tmp_path, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
     for name in ("GPTCLASSIFIER_PROFILE", "GPTCLASSIFIER_SMS_FILE", "GPTCLASSIFIER_STRICT"):
         monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """Return GPT-2's tokenizer (tiktoken's `gpt2` encoding, read offline)."""
+    from gptclassifier.model.tokenizer import get_tokenizer
+
+    return get_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def smoke_data(tmp_path_factory):
+    """Return the smoke profile's data (the practice set, the book's parsing), loaded once.
+
+    It is read through a cache folder of its own, without the user's settings, and shared by
+    every test: a test must not change it.
+    """
+    from gptclassifier.data.sms import load_data
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GPTCLASSIFIER_CACHE", str(tmp_path_factory.mktemp("smoke-cache")))
+        for name in ("GPTCLASSIFIER_PROFILE", "GPTCLASSIFIER_SMS_FILE", "GPTCLASSIFIER_STRICT"):
+            patch.delenv(name, raising=False)
+        return load_data(profile="smoke")
+
+
+@pytest.fixture(scope="session")
+def smoke_splits(smoke_data):
+    """Return the chapter's train, validation and test splits of the smoke data (seed 123)."""
+    from gptclassifier.data.splits import prepare_splits
+
+    return prepare_splits(smoke_data)
+
+
+@pytest.fixture(scope="session")
+def nano_classifier():
+    """Return a function that builds a seeded gpt2-nano classifier, in evaluation mode.
+
+    `nano_classifier(trainable=None, seed=123, head_seed=123, num_classes=2, lora_rank=16,
+    lora_alpha=16)` seeds the global generator with `seed`, builds gpt2-nano (3 blocks of
+    width 48, GPT-2's vocabulary, no dropout), gives it a `num_classes`-way head drawn from
+    `head_seed` (without touching the global generator), and, when `trainable` names a
+    strategy, unfreezes it with set_trainable (LoRA's matrices are drawn from the global
+    generator, after the body). Each call builds a new model.
+    """
+    import torch
+
+    from gptclassifier.model.classifier import add_classification_head, set_trainable
+    from gptclassifier.model.gpt import GPTModel, model_config
+
+    def build(
+        trainable: str | None = None,
+        *,
+        seed: int = 123,
+        head_seed: int = 123,
+        num_classes: int = 2,
+        lora_rank: int = 16,
+        lora_alpha: float = 16,
+    ):
+        torch.manual_seed(seed)
+        model = GPTModel(model_config("gpt2-nano"))
+        add_classification_head(model, num_classes, head_seed)
+        if trainable is not None:
+            set_trainable(model, trainable, lora_rank, lora_alpha)
+        return model.eval()
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def first_token_classifier():
+    """Return a stub classifier class: `first_token_classifier(num_classes, context_length=128)`.
+
+    Its logits are one-hot (times 3) for class (first token id % num_classes) at every position;
+    it records the shape of every batch in `input_shapes`.
+    """
+    from torch import nn
+
+    class FirstTokenClassifier(nn.Module):
+        def __init__(self, num_classes: int, context_length: int = 128):
+            super().__init__()
+            self.num_classes = num_classes
+            self.pos_emb = nn.Embedding(context_length, 1)
+            self.input_shapes = []
+
+        def forward(self, input_batch):
+            self.input_shapes.append(tuple(input_batch.shape))
+            predicted = input_batch[:, 0] % self.num_classes
+            logits = nn.functional.one_hot(predicted, self.num_classes).float() * 3.0
+            return logits[:, None, :].expand(-1, input_batch.shape[1], -1)
+
+    return FirstTokenClassifier
+
+
+@pytest.fixture(scope="session")
+def transformers():
+    """Return the `transformers` module, or skip the test where it is not installed."""
+    return pytest.importorskip(
+        "transformers",
+        reason="transformers (the dev extra) is not installed: the reference GPT-2 needs it",
+    )
 
 
 @pytest.fixture

@@ -158,6 +158,7 @@ def test_an_unknown_baseline_names_the_choices():
     assert "majority" in message and "tfidf" in message
 
 
+@pytest.mark.real_data
 def test_baselines_on_the_real_sms_spam_collection(real_sms_file):
     data = load_data(real_sms_file, "book", "book")
     splits = prepare_splits(data, seed=123)

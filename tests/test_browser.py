@@ -19,6 +19,8 @@ import pytest
 from gptclassifier.evaluation.inference import classify_with_run
 from gptclassifier.lessons.lab import lab_command
 
+pytestmark = pytest.mark.browser
+
 BROWSER_VARIABLE = "GPTCLASSIFIER_BROWSER"
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 LESSONS = sorted(path.name for path in NOTEBOOKS.glob("[0-9]*.ipynb"))

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from gptclassifier.cli import main
+from gptclassifier.experiments import grid
 
 SMS = "".join(f"ham\tham message {i}\n" for i in range(40)) + "".join(
     f"spam\tWIN prize {i}\n" for i in range(10)
@@ -140,6 +141,7 @@ def run(command, cwd):
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_python_dash_m_and_the_console_script(tmp_path, sms_file):
     script = Path(sysconfig.get_path("scripts")) / "gptclassifier"
     for command in ([sys.executable, "-m", "gptclassifier"], [str(script)]):
@@ -373,7 +375,7 @@ def test_ctrl_c_keeps_the_earlier_run_and_says_so(tmp_path, monkeypatch, capsys,
     def press_ctrl_c(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(f"gptclassifier.training.fine_tune.{stage}", press_ctrl_c)
+    monkeypatch.setattr(f"gptclassifier.fine_tune.{stage}", press_ctrl_c)
     args = ["train", "--profile", "smoke", "--out", str(out), "--force", "--no-progress"]
     assert main(args) == 130
     err = capsys.readouterr().err
@@ -382,6 +384,7 @@ def test_ctrl_c_keeps_the_earlier_run_and_says_so(tmp_path, monkeypatch, capsys,
     assert [path.name for path in tmp_path.iterdir() if path.name.startswith(".")] == []
 
 
+@pytest.mark.slow
 def test_sigint_during_training_stops_cleanly(tmp_path):
     command = [sys.executable, "-m", "gptclassifier", "train", "--out", "run", "--epochs", "500"]
     env = {
@@ -437,3 +440,77 @@ def test_commands_that_draw_nothing_do_not_import_matplotlib():
     check = "import sys, gptclassifier.cli; print('matplotlib' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True)
     assert result.stdout.strip() == "False", result.stderr
+
+
+# --- the experiments command ---------------------------------------------------------------
+
+
+def test_the_command_runs_rows_prints_the_table_and_reads_them_back(tmp_path, capsys):
+    args = ["experiments", "--profile", "smoke", "--rows", "majority,tfidf", "--seeds", "3,4"]
+    assert main([*args, "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| tfidf | baseline: TF-IDF and logistic regression | 2 |" in out
+    assert main([*args, "--out", str(tmp_path)]) == 0
+    assert out.count("already run") == 0 and capsys.readouterr().out.count("already run") == 4
+
+
+def test_the_command_exits_1_when_a_run_failed(tmp_path, capsys, monkeypatch):
+    def fail(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(grid, "baseline_metrics", fail)
+    args = ["experiments", "--profile", "smoke", "--rows", "tfidf", "--out", str(tmp_path)]
+    assert main(args) == 1
+    assert capsys.readouterr().err == (
+        f"gptclassifier: 1 of 1 runs failed, see {tmp_path / 'results.csv'}\n"
+    )
+
+
+def test_an_unknown_row_is_refused_in_one_line_before_any_work(tmp_path, capsys):
+    out = tmp_path / "x"
+    args = ["experiments", "--profile", "smoke", "--rows", "chapter,lore", "--out", str(out)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert (
+        err.startswith("gptclassifier: error: unknown experiment 'lore'") and err.count("\n") == 1
+    )
+    assert not out.exists()
+
+
+def test_seeds_must_be_whole_numbers(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["experiments", "--seeds", "1,two", "--out", str(tmp_path / "x")])
+    assert exited.value.code == 2
+    assert "seeds are whole numbers, not '1,two'" in capsys.readouterr().err
+
+
+def test_ctrl_c_keeps_the_runs_finished_so_far_and_says_so(tmp_path, capsys, monkeypatch):
+    real = grid.baseline_metrics
+
+    def ctrl_c_on_the_second(name, *args, **kwargs):
+        if name == "tfidf":
+            raise KeyboardInterrupt
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(grid, "baseline_metrics", ctrl_c_on_the_second)
+    args = ["experiments", "--profile", "smoke", "--rows", "majority,tfidf", "--out", str(tmp_path)]
+    assert main(args) == 130
+    assert capsys.readouterr().err == (
+        f"gptclassifier: interrupted; the runs finished so far are kept in {tmp_path}; "
+        "the same command goes on from there\n"
+    )
+    assert (tmp_path / "majority" / "seed-123" / "metrics.json").is_file()
+    assert not (tmp_path / "tfidf").exists()
+
+
+def test_the_command_line_needs_nothing_of_the_lab_extra():
+    probe = (
+        "import sys, gptclassifier.cli, gptclassifier.fine_tune, gptclassifier.export, "
+        "gptclassifier.evaluation.inference, gptclassifier.experiments.grid; "
+        "print(sorted({name.split('.')[0] for name in sys.modules} & "
+        "{'ipywidgets', 'IPython', 'jupyterlab', 'ipykernel', 'playwright', 'transformers'}))"
+    )
+    shown = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    )
+    assert shown.stdout.strip() == "[]"

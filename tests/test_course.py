@@ -5,11 +5,18 @@ import json
 
 import pytest
 
-from gptclassifier.data.loaders import SpamDataset
-from gptclassifier.data.sms import sms_cache_path
-from gptclassifier.data.splits import create_balanced_dataset
-from gptclassifier.lessons.course import describe_sources, fine_tuned_run, show_source, start_lesson
-from gptclassifier.model.weights import HUB_CHECKPOINTS
+pytest.importorskip("IPython", reason="IPython (with the lab extra) is not installed")
+
+from gptclassifier.data.loaders import SpamDataset  # noqa: E402
+from gptclassifier.data.sms import sms_cache_path  # noqa: E402
+from gptclassifier.data.splits import create_balanced_dataset  # noqa: E402
+from gptclassifier.lessons.course import (  # noqa: E402
+    describe_sources,
+    fine_tuned_run,
+    show_source,
+    start_lesson,
+)
+from gptclassifier.model.weights import HUB_CHECKPOINTS  # noqa: E402
 
 
 def test_smoke_profile_says_practice_data_and_random_weights():

@@ -2,18 +2,16 @@
 
 import contextlib
 import hashlib
-import io
 import socket
 import subprocess
 import sys
 import time
-import zipfile
 
 import pytest
 
 from gptclassifier.download import download_file
-from gptclassifier.errors import DataError, DownloadError
-from gptclassifier.files import atomic_writer, cache_dir, read_zip_member, sha256_of
+from gptclassifier.errors import DownloadError
+from gptclassifier.files import sha256_of
 
 PAYLOAD = b"label\ttext\n" * 1000
 PAYLOAD_SHA256 = hashlib.sha256(PAYLOAD).hexdigest()
@@ -119,48 +117,6 @@ def test_unreachable_hosts_fail_fast_without_retries(tmp_path):
     urls = ["https://archive.ics.uci.edu/x.zip", "https://mirror.invalid/x.zip"]
     with pytest.raises(DownloadError, match="x.zip"):
         download_file(urls, tmp_path / "x.zip", None, retries=5, backoff=10.0, progress=False)
-
-
-def test_cache_dir_follows_the_environment(tmp_path, monkeypatch):
-    monkeypatch.setenv("GPTCLASSIFIER_CACHE", str(tmp_path / "elsewhere"))
-    assert cache_dir() == tmp_path / "elsewhere"
-    monkeypatch.delenv("GPTCLASSIFIER_CACHE")
-    assert cache_dir().name == "gptclassifier"
-
-
-def test_atomic_writer_removes_the_partial_file_on_error(tmp_path):
-    target = tmp_path / "out.txt"
-    with pytest.raises(RuntimeError), atomic_writer(target) as file:
-        file.write(b"half")
-        raise RuntimeError("interrupted")
-    assert list(tmp_path.iterdir()) == []
-
-
-def make_zip(members: dict[str, bytes]) -> bytes:
-    """Return the bytes of a zip archive holding `members`."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for name, data in members.items():
-            archive.writestr(name, data)
-    return buffer.getvalue()
-
-
-def test_zip_members_are_read_by_name_only(tmp_path):
-    archive = tmp_path / "a.zip"
-    archive.write_bytes(make_zip({"../SMSSpamCollection": b"evil", "/etc/passwd": b"evil"}))
-    with pytest.raises(DataError, match="no member named SMSSpamCollection"):
-        read_zip_member(archive, "SMSSpamCollection")
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["a.zip"]
-
-
-def test_oversized_zip_members_and_broken_archives_are_refused(tmp_path):
-    archive = tmp_path / "a.zip"
-    archive.write_bytes(make_zip({"SMSSpamCollection": b"x" * 1000}))
-    with pytest.raises(DataError, match="more than the 100 allowed"):
-        read_zip_member(archive, "SMSSpamCollection", max_bytes=100)
-    archive.write_bytes(b"PK\x03\x04 not really a zip")
-    with pytest.raises(DataError, match="not a readable zip"):
-        read_zip_member(archive, "SMSSpamCollection")
 
 
 def test_two_processes_downloading_at_once_leave_one_good_copy(file_server, tmp_path):

@@ -4,7 +4,6 @@ import json
 
 import pytest
 import torch
-import transformers
 from safetensors.torch import load_file
 
 from gptclassifier.cli import main
@@ -13,7 +12,7 @@ from gptclassifier.evaluation.inference import classify_with_run
 from gptclassifier.export import export_transformers
 from gptclassifier.model.classifier import adapt_for_classification
 from gptclassifier.model.lora import merge_lora
-from gptclassifier.model.tokenizer import PAD_TOKEN_ID, get_tokenizer
+from gptclassifier.model.tokenizer import PAD_TOKEN_ID
 from gptclassifier.model.weights import load_base_model
 from gptclassifier.runs import load_run, save_model
 from gptclassifier.settings import TrainSettings
@@ -55,9 +54,9 @@ def save_tiny_run(folder, pooling: str, **training):
     return folder
 
 
-def token_rows(pad_to: int | None = None) -> torch.Tensor:
+def token_rows(tokenizer, pad_to: int | None = None) -> torch.Tensor:
     """Return the messages' token ids, right-padded with <|endoftext|> to one width."""
-    ids = [get_tokenizer().encode(text) for text in MESSAGES]
+    ids = [tokenizer.encode(text) for text in MESSAGES]
     width = pad_to or max(map(len, ids))
     return torch.tensor([row + [PAD_TOKEN_ID] * (width - len(row)) for row in ids])
 
@@ -74,23 +73,27 @@ def exported(tmp_path):
     return export
 
 
-def test_transformers_gives_our_logits_for_last_pooling_without_padding(exported):
+def test_transformers_gives_our_logits_for_last_pooling_without_padding(
+    transformers, tokenizer, exported
+):
     run, folder = exported("last")
     ours, _ = load_run(run)
     theirs = transformers.GPT2ForSequenceClassification.from_pretrained(folder).eval()
     assert theirs.score.bias is None and ours.out_head.bias.abs().max() > 0.01
     for text in MESSAGES:  # one message at a time: nothing to pad
-        ids = torch.tensor([get_tokenizer().encode(text)])
+        ids = torch.tensor([tokenizer.encode(text)])
         with torch.no_grad():
             expected = ours(ids)[:, -1]
             assert (theirs(ids).logits - expected).abs().max() < TOLERANCE
 
 
-def test_transformers_gives_our_logits_for_flexible_pooling_with_padding(exported):
+def test_transformers_gives_our_logits_for_flexible_pooling_with_padding(
+    transformers, tokenizer, exported
+):
     run, folder = exported("flexible")
     ours, _ = load_run(run)
     theirs = transformers.GPT2ForSequenceClassification.from_pretrained(folder).eval()
-    rows = token_rows(pad_to=24)
+    rows = token_rows(tokenizer, pad_to=24)
     assert (rows == PAD_TOKEN_ID).sum(dim=1).min() > 0  # every message is padded
     with torch.no_grad():
         expected = pool_logits(ours(rows), rows, "flexible")
@@ -99,7 +102,7 @@ def test_transformers_gives_our_logits_for_flexible_pooling_with_padding(exporte
     assert (ignored - expected).abs().max() < TOLERANCE  # as a tokenizer's mask asks
 
 
-def test_transformers_pipeline_classifies_as_the_run_does(exported):
+def test_transformers_pipeline_classifies_as_the_run_does(transformers, exported):
     run, folder = exported("flexible")
     classify = transformers.pipeline("text-classification", model=str(folder), top_k=None)
     answers = classify(MESSAGES)
@@ -110,7 +113,9 @@ def test_transformers_pipeline_classifies_as_the_run_does(exported):
         assert scores[prediction.label] == pytest.approx(prediction.probability, abs=TOLERANCE)
 
 
-def test_the_exported_folder_holds_a_config_the_tokenizer_and_float32_weights(exported):
+def test_the_exported_folder_holds_a_config_the_tokenizer_and_float32_weights(
+    transformers, tokenizer, exported
+):
     _, folder = exported("last")
     names = sorted(path.name for path in folder.iterdir())
     assert names == [
@@ -119,18 +124,18 @@ def test_the_exported_folder_holds_a_config_the_tokenizer_and_float32_weights(ex
     config = json.loads((folder / "config.json").read_text())
     assert config["id2label"] == {"0": "ham", "1": "spam"}
     assert config["pad_token_id"] == PAD_TOKEN_ID
-    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    theirs = transformers.AutoTokenizer.from_pretrained(folder)
     for text in MESSAGES:
-        assert tokenizer(text)["input_ids"] == get_tokenizer().encode(text)
+        assert theirs(text)["input_ids"] == tokenizer.encode(text)
 
 
-def test_a_lora_run_is_merged_into_plain_weights_with_our_logits(tmp_path):
+def test_a_lora_run_is_merged_into_plain_weights_with_our_logits(transformers, tokenizer, tmp_path):
     run = save_tiny_run(tmp_path / "lora", "flexible", trainable="lora", lora_rank=4, lora_alpha=2)
     folder = export_transformers(run, tmp_path / "hf")
     assert not [name for name in load_file(folder / "model.safetensors") if "lora" in name]
     ours, _ = load_run(run)
     theirs = transformers.GPT2ForSequenceClassification.from_pretrained(folder).eval()
-    rows = token_rows(pad_to=24)
+    rows = token_rows(tokenizer, pad_to=24)
     with torch.no_grad():
         expected = pool_logits(ours(rows), rows, "flexible")
         merged = pool_logits(merge_lora(load_run(run)[0])(rows), rows, "flexible")
@@ -167,7 +172,7 @@ def test_a_first_token_run_is_refused_in_one_line(tmp_path, capsys):
     assert not out.exists()
 
 
-def test_the_command_line_exports_for_transformers(tmp_path, capsys):
+def test_the_command_line_exports_for_transformers(transformers, tmp_path, capsys):
     run = save_tiny_run(tmp_path / "run", "flexible")
     out = tmp_path / "hf"
     assert main(["export", str(run), "--format", "transformers", "--to", str(out)]) == 0

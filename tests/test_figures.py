@@ -16,7 +16,7 @@ from gptclassifier.lessons.figures import (
 )
 from gptclassifier.model.classifier import add_classification_head, set_trainable
 from gptclassifier.model.gpt import GPTModel, model_config
-from gptclassifier.model.tokenizer import PAD_TOKEN_ID, get_tokenizer
+from gptclassifier.model.tokenizer import PAD_TOKEN_ID
 from gptclassifier.settings import TRAINABLE_STRATEGIES
 
 matplotlib.use("Agg")
@@ -73,13 +73,8 @@ def test_the_batch_picture_marks_the_positions_each_pooling_reads():
     assert not draw_padded_batch(batch, poolings=()).axes[0].collections
 
 
-@pytest.fixture(scope="module")
-def nano():
-    torch.manual_seed(123)
-    return GPTModel(model_config("gpt2-nano")).eval()
-
-
-def test_hand_computed_attention_reproduces_the_models_fused_attention(nano):
+def test_hand_computed_attention_reproduces_the_models_fused_attention(nano_classifier):
+    nano = nano_classifier()  # the head plays no part in attention
     ids = torch.tensor([[464, 3290, 318, 257, 1332, PAD_TOKEN_ID, PAD_TOKEN_ID]])
     for block in (0, -1):
         weights = attention_weights(nano, ids, block)
@@ -97,8 +92,8 @@ def test_hand_computed_attention_reproduces_the_models_fused_attention(nano):
         assert (weights.triu(1) == 0).all(), "no position attends to a later one"
 
 
-def test_the_attention_picture_shows_the_pooled_rows(nano):
-    tokenizer = get_tokenizer()
+def test_the_attention_picture_shows_the_pooled_rows(nano_classifier, tokenizer):
+    nano = nano_classifier()
     ids = tokenizer.encode("See you at 7")
     batch = torch.tensor([ids + [PAD_TOKEN_ID] * 3])
     fig = draw_pooled_attention(nano, batch, tokenizer)

@@ -11,8 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from gptclassifier.data.loaders import SpamDataset, create_data_loaders
 from gptclassifier.errors import ConfigError
-from gptclassifier.model.classifier import add_classification_head, set_trainable
-from gptclassifier.model.gpt import GPTModel, TransformerBlock, model_config
+from gptclassifier.model.gpt import TransformerBlock, model_config
 from gptclassifier.model.tokenizer import PAD_TOKEN_ID
 from gptclassifier.settings import TrainSettings
 from gptclassifier.training.flops import (
@@ -61,10 +60,8 @@ VARIED = ([3, 7, 5, 9, 2, 6, 4, 8, 5, 3, 7], [4, 6, 2, 9, 5], [3, 7, 5])
 EQUAL = ([5] * 11, [4] * 5, [5] * 3)  # trimmed batches then have one width, whatever the shuffle
 
 
-def measured_flops(datasets, ideas) -> tuple[int, int]:
+def measured_flops(model, datasets, ideas) -> tuple[int, int]:
     """Return torch's count of the cache's pass and of the training loop, trained as `ideas` say."""
-    torch.manual_seed(0)
-    model = set_trainable(add_classification_head(GPTModel(CFG), 2), "last_block")
     cache, trim = ideas.get("cache", False), ideas.get("trim", False)
     pooling = "flexible" if trim else "last"
     loaders = create_data_loaders(datasets, SETTINGS.batch_size, trim=trim)
@@ -90,18 +87,17 @@ def measured_flops(datasets, ideas) -> tuple[int, int]:
         (EQUAL, {"trim": True}),  # the chapter's loop with flexible pooling and trimmed batches
     ],
 )
-def test_count_flops_matches_torchs_count_of_the_real_loop(lengths, ideas):
+def test_count_flops_matches_torchs_count_of_the_real_loop(nano_classifier, lengths, ideas):
     datasets = make_datasets(*lengths)
     counted = count_flops(Workload.of(datasets, SETTINGS), CFG, num_frozen=2, **ideas)
-    once, loop = measured_flops(datasets, ideas)
+    once, loop = measured_flops(nano_classifier("last_block", seed=0), datasets, ideas)
     assert once > 0 if ideas.get("cache") else once == 0
     assert counted["frozen blocks, once per message"] == once
     assert sum(counted.values()) - once == pytest.approx(loop, rel=1e-12)
 
 
-def test_the_frozen_blocks_are_counted_where_torch_counts_them():
-    torch.manual_seed(0)
-    model = set_trainable(add_classification_head(GPTModel(CFG), 2), "last_block")
+def test_the_frozen_blocks_are_counted_where_torch_counts_them(nano_classifier):
+    model = nano_classifier("last_block", seed=0)
     inputs = torch.tensor(make_datasets(*VARIED)["train"].encoded_texts[:4])
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
         model(inputs)

@@ -2,15 +2,12 @@
 
 import copy
 
-import pytest
 import torch
 from torch import nn
 
-from gptclassifier.errors import ConfigError
 from gptclassifier.model.classifier import add_classification_head, count_parameters, set_trainable
 from gptclassifier.model.gpt import GPTModel, model_config
 from gptclassifier.model.lora import LinearWithLoRA, LoRALayer, merge_lora, replace_linear_with_lora
-from gptclassifier.settings import TrainSettings
 
 
 def lora_parameters_by_hand(emb_dim: int, n_layers: int, num_classes: int, rank: int) -> int:
@@ -29,15 +26,13 @@ def test_lora_on_gpt2_small_trains_the_books_2_666_528_parameters():
     assert total == 124_441_346 + trainable  # the base and its new head are all still there
 
 
-def nano_lora(rank=4, alpha=2.0, seed=0) -> GPTModel:
-    """Return a seeded gpt2-nano classifier with LoRA in float64."""
-    torch.manual_seed(seed)
-    model = add_classification_head(GPTModel(model_config("gpt2-nano")), 2)
-    return set_trainable(model, "lora", rank, alpha).double()
+# The gpt2-nano classifiers here: seed 0, LoRA of rank 4 and alpha 2 beside every linear layer,
+# in float64.
+LORA = {"seed": 0, "lora_rank": 4, "lora_alpha": 2.0}
 
 
-def test_every_linear_layer_gets_one_lora_update_and_nothing_else_trains():
-    model = nano_lora()
+def test_every_linear_layer_gets_one_lora_update_and_nothing_else_trains(nano_classifier):
+    model = nano_classifier("lora", **LORA).double()
     wrapped = [m for m in model.modules() if isinstance(m, LinearWithLoRA)]
     assert len(wrapped) == 3 * 6 + 1  # six per block (q, k, v, out_proj, two feed-forward), head
     linear = [m for m in model.modules() if isinstance(m, nn.Linear)]
@@ -72,8 +67,8 @@ def test_the_update_is_a_weight_of_rank_at_most_r():
     torch.testing.assert_close(x @ update.T, lora(x))
 
 
-def test_a_training_step_changes_only_the_lora_matrices():
-    model = nano_lora()
+def test_a_training_step_changes_only_the_lora_matrices(nano_classifier):
+    model = nano_classifier("lora", **LORA).double()
     before = copy.deepcopy(model.state_dict())
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     logits = model(torch.randint(0, 50257, (2, 6)))[:, -1]
@@ -84,8 +79,8 @@ def test_a_training_step_changes_only_the_lora_matrices():
     assert any(name.endswith(".lora.B") for name in changed)
 
 
-def test_merging_folds_the_updates_into_plain_linear_layers():
-    model = nano_lora()
+def test_merging_folds_the_updates_into_plain_linear_layers(nano_classifier):
+    model = nano_classifier("lora", **LORA).double()
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, LoRALayer):
@@ -101,9 +96,3 @@ def test_merging_folds_the_updates_into_plain_linear_layers():
     assert merged.state_dict().keys() == plain.state_dict().keys()
     torch.testing.assert_close(actual, expected, rtol=1e-12, atol=1e-12)
     assert (actual - plain.double()(tokens)).abs().max() > 1e-3  # not trivially the base
-
-
-@pytest.mark.parametrize("rank", [0, -1])
-def test_a_rank_below_one_is_refused(rank):
-    with pytest.raises(ConfigError, match="lora_rank"):
-        TrainSettings(trainable="lora", lora_rank=rank)

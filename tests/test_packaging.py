@@ -16,6 +16,9 @@ from pathlib import Path
 import pytest
 from packaging.version import Version
 
+# `python -m build` and pip fetch from the package index; the build alone takes over 3 s.
+pytestmark = [pytest.mark.network, pytest.mark.slow]
+
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 
@@ -72,6 +75,15 @@ def test_the_wheel_declares_the_license_and_the_dependencies(dist):
     assert any(name.endswith(".dist-info/licenses/LICENSE") for name in names)
     required = {re.split(r"[ ;]", line)[0] for line in metadata.get_all("Requires-Dist")}
     assert set(PROJECT["dependencies"]) <= required
+    lab = {
+        line.split(";")[0].strip()
+        for line in metadata.get_all("Requires-Dist")
+        if re.search(r"extra == .lab.", line)
+    }
+    assert lab == set(PROJECT["optional-dependencies"]["lab"])
+    assert not any(
+        name.startswith(("ipywidgets", "jupyterlab")) for name in PROJECT["dependencies"]
+    )
     assert "gptclassifier/cli.py" in names
 
 

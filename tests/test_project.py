@@ -81,4 +81,4 @@ def test_make_lab_starts_the_command_the_browser_test_starts():
     shown = subprocess.run(
         ["make", "-n", "lab"], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout
-    assert re.search(r"^\S*python -m gptclassifier\.lab\b", shown, re.M)
+    assert re.search(r"^\S*python -m gptclassifier\.lessons\.lab\b", shown, re.M)

@@ -21,7 +21,8 @@ from gptclassifier.data.sms import (
     read_sms_spam,
 )
 from gptclassifier.data.splits import SPLIT_NAMES, create_balanced_dataset, prepare_splits
-from gptclassifier.model.tokenizer import get_tokenizer
+
+pytestmark = pytest.mark.real_data
 
 
 def chapter_split(path):
@@ -90,9 +91,8 @@ def test_book_split_row_for_row(real_sms_file):
     }
 
 
-def test_longest_training_message_is_120_tokens(real_sms_file):
+def test_longest_training_message_is_120_tokens(real_sms_file, tokenizer):
     train = prepare_splits(load_data(real_sms_file, parsing="book"))["train"]
-    tokenizer = get_tokenizer()
     assert max(len(tokenizer.encode(text)) for text in train["Text"]) == 120
 
 
@@ -146,6 +146,7 @@ class FirstEpochSeen(Exception):
     """Stops a training command once it has printed its first epoch's accuracy."""
 
 
+@pytest.mark.slow  # an epoch of GPT-2 small on the chapter's data: minutes
 @pytest.mark.parametrize("way", [["--chapter"], []], ids=["chapter-loop", "default"])
 def test_train_prints_the_books_first_epoch(real_sms_file, tmp_path, monkeypatch, way):
     # Offline, so GPT-2 small starts from the seeded random weights, as in the book's check.

@@ -21,9 +21,8 @@ CONFIG = {
 }
 
 
-def fine_tuned(model: GPTModel, strategy: str = "last_block") -> GPTModel:
-    """Give a model a two-class head, unfreeze `strategy`, and change what it trains."""
-    model = set_trainable(add_classification_head(model, 2), strategy)
+def fine_tuned(model: GPTModel) -> GPTModel:
+    """Change what a classifier trains, as training would; return it in evaluation mode."""
     with torch.no_grad():
         for parameter in model.parameters():
             if parameter.requires_grad:
@@ -40,14 +39,18 @@ def edit_config(run, edit) -> None:
 
 @pytest.fixture
 def config() -> dict:
-    """Return a run configuration whose base is gpt2-nano's random weights of seed 0."""
+    """Return a run configuration whose base is gpt2-nano's random weights of seed 0.
+
+    load_base_model seeds the generator with 0 and builds gpt2-nano, as nano_classifier(seed=0)
+    does: that classifier's base is this one.
+    """
     return CONFIG | {"provenance": {"weights": load_base_model("gpt2-nano", seed=0).provenance}}
 
 
 @pytest.fixture
-def classifier():
+def classifier(nano_classifier):
     """Return a tiny GPT fine-tuned from the base that `config` names."""
-    return fine_tuned(load_base_model("gpt2-nano", seed=0).model)
+    return fine_tuned(nano_classifier("last_block", seed=0))
 
 
 @pytest.fixture
@@ -94,7 +97,7 @@ def test_the_chapters_run_folder_holds_28_mb_of_weights(tmp_path):
     torch.manual_seed(123)
     base = GPTModel(model_config("gpt2-small"))
     weights = {"source": "random", "seed": 123, "note": "", "digest": base_digest(base)}
-    model = fine_tuned(base)
+    model = fine_tuned(set_trainable(add_classification_head(base, 2), "last_block"))
     _, trainable = count_parameters(model)
     assert trainable == 7_090_946  # the last block, the final norm and the two-way head
     save_model(tmp_path, model, {"provenance": {"weights": weights}})
@@ -126,8 +129,10 @@ def test_a_run_whose_pretrained_base_cannot_be_had_says_so(saved_run):
         load_run(saved_run)
 
 
-def test_a_lora_run_saves_its_updates_and_the_head_and_loads_back(tmp_path, config):
-    lora = fine_tuned(load_base_model("gpt2-nano", seed=0).model, "lora")
+def test_a_lora_run_saves_its_updates_and_the_head_and_loads_back(
+    tmp_path, config, nano_classifier
+):
+    lora = fine_tuned(nano_classifier("lora", seed=0))
     lora_config = config | {"training": {**CONFIG["training"], "trainable": "lora"}}
     save_model(tmp_path, lora, lora_config)
     saved = set(load_file(tmp_path / "model.safetensors"))

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import transformers
 from safetensors.torch import load_file, save_file
 
 from gptclassifier.errors import ConfigError, DataError, DownloadError, FallbackWarning
@@ -38,7 +37,7 @@ TOLERANCE = 1e-4
 
 
 @pytest.fixture(scope="module")
-def hf_checkpoint(tmp_path_factory):
+def hf_checkpoint(transformers, tmp_path_factory):
     """Return a seeded random Hugging Face GPT-2 (eval mode) and the folder it was saved to."""
     config = transformers.GPT2Config(
         vocab_size=50257,
@@ -347,6 +346,7 @@ def lay_out_hub_cache(hf_home: Path, body: bytes, etag: str | None = None) -> Pa
     return snapshot
 
 
+@pytest.mark.slow
 def test_hf_endpoint_serves_the_download_into_hf_home(file_server, tiny_body, tmp_path):
     serve_like_the_hub(file_server, tiny_body)
     hf_home = tmp_path / "home"
@@ -399,6 +399,7 @@ def test_a_download_with_the_wrong_sha256_is_refused(file_server, tiny_body, tmp
     assert printed.endswith("and so is the file downloaded again: refusing it")
 
 
+@pytest.mark.slow
 def test_the_cache_is_where_transformers_looks(file_server, tiny_body, tmp_path, hf_checkpoint):
     serve_like_the_hub(file_server, tiny_body)
     hf_home = tmp_path / "home"
@@ -425,6 +426,7 @@ def test_download_gpt2_of_a_size_without_weights_raises_data_error():
 # ---------------------------------------------------------------- load_base_model offline
 
 
+@pytest.mark.slow
 def test_load_base_model_offline_falls_back_to_seeded_random_weights_loudly():
     with pytest.warns(FallbackWarning, match="RANDOM WEIGHTS") as record:
         first = load_base_model("gpt2-small")

@@ -1,33 +1,26 @@
 """Notebook widgets, driven without a kernel: the classifier box and the live training view."""
 
 import pytest
-import torch
 
-from gptclassifier.evaluation.inference import classify_text
-from gptclassifier.lessons.widgets import PROMPT, ClassifierWidget, LiveTrainingView
-from gptclassifier.model.classifier import add_classification_head
-from gptclassifier.model.gpt import GPTModel, model_config
-from gptclassifier.model.tokenizer import get_tokenizer
-from gptclassifier.runs import save_model
-from gptclassifier.training.loop import History
-from gptclassifier.training.runners import Autocast, FrozenPrefixCache
+pytest.importorskip("ipywidgets", reason="ipywidgets (the lab extra) is not installed")
+
+from gptclassifier.evaluation.inference import classify_text  # noqa: E402
+from gptclassifier.lessons.widgets import PROMPT, ClassifierWidget, LiveTrainingView  # noqa: E402
+from gptclassifier.model.gpt import model_config  # noqa: E402
+from gptclassifier.runs import save_model  # noqa: E402
+from gptclassifier.training.loop import History  # noqa: E402
+from gptclassifier.training.runners import Autocast, FrozenPrefixCache  # noqa: E402
 
 OPTIONS = {"max_length": 24, "pooling": "last", "classes": ("ham", "spam")}
 
 
-@pytest.fixture(scope="module")
-def classifier():
-    """Return a tiny GPT with a two-class head, in evaluation mode."""
-    torch.manual_seed(0)
-    return add_classification_head(GPTModel(model_config("gpt2-nano")), 2).eval()
-
-
-def test_the_widget_classifies_what_is_typed(classifier):
-    widget = ClassifierWidget(classifier, get_tokenizer(), **OPTIONS)
+def test_the_widget_classifies_what_is_typed(tokenizer, nano_classifier):
+    classifier = nano_classifier(seed=0)
+    widget = ClassifierWidget(classifier, tokenizer, **OPTIONS)
     assert widget.result.value == PROMPT and widget.bar.value == 0.0
     assert widget.prediction is None
     widget.text.value = "WIN a free cruise, reply YES now"
-    expected = classify_text(widget.text.value, classifier, get_tokenizer(), "cpu", **OPTIONS)
+    expected = classify_text(widget.text.value, classifier, tokenizer, "cpu", **OPTIONS)
     assert widget.result.value == (
         f"<b>{expected.label}</b> with probability {expected.probability:.1%}"
     )
@@ -39,13 +32,15 @@ def test_the_widget_classifies_what_is_typed(classifier):
     assert widget.prediction is None
 
 
-def test_a_fresh_widget_has_a_stable_text_representation(classifier):
-    first = repr(ClassifierWidget(classifier, get_tokenizer(), **OPTIONS))
-    assert first == repr(ClassifierWidget(classifier, get_tokenizer(), **OPTIONS))
+def test_a_fresh_widget_has_a_stable_text_representation(tokenizer, nano_classifier):
+    classifier = nano_classifier(seed=0)
+    first = repr(ClassifierWidget(classifier, tokenizer, **OPTIONS))
+    assert first == repr(ClassifierWidget(classifier, tokenizer, **OPTIONS))
     assert "0x" not in first
 
 
-def test_the_widget_reads_a_run_directory(classifier, tmp_path):
+def test_the_widget_reads_a_run_directory(nano_classifier, tmp_path):
+    classifier = nano_classifier(seed=0)
     training = {"trainable": "last_block", "pooling": "flexible", "loop": "fast"}
     config = {"model": model_config("gpt2-nano"), "classes": ["no", "yes"], "training": training}
     save_model(

@@ -18,9 +18,9 @@ def _batch_logits(model, data_loader, device, pooling: str):
 
 def confusion_counts(true, predicted, num_classes: int) -> torch.Tensor:
     """Return counts of (true class, predicted class), true classes in rows, as a long tensor."""
-    pairs = torch.as_tensor(true, dtype=torch.long) * num_classes
-    pairs += torch.as_tensor(predicted, dtype=torch.long)
-    return torch.bincount(pairs, minlength=num_classes**2).view(num_classes, num_classes)
+    pairs = np.asarray(true, dtype=np.int64) * num_classes + np.asarray(predicted, dtype=np.int64)
+    counts = np.bincount(pairs, minlength=num_classes**2).reshape(num_classes, num_classes)
+    return torch.from_numpy(counts)
 
 
 def confusion_matrix(model, data_loader, device, num_classes: int, pooling="last") -> torch.Tensor:

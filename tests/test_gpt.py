@@ -17,7 +17,6 @@ from gptclassifier.model.gpt import (
     text_to_token_ids,
     token_ids_to_text,
 )
-from gptclassifier.model.tokenizer import get_tokenizer
 
 # The sizes OpenAI published for GPT-2 (Radford et al. 2019, and the released hparams.json).
 PUBLISHED_SIZES = {
@@ -366,8 +365,8 @@ def test_generate_text_simple_does_not_record_gradients():
 # ---------------------------------------------------------------- text <-> token ids
 
 
-def test_text_to_token_ids_gives_a_batch_of_gpt2_ids():
-    ids = text_to_token_ids("Hello, world", get_tokenizer())
+def test_text_to_token_ids_gives_a_batch_of_gpt2_ids(tokenizer):
+    ids = text_to_token_ids("Hello, world", tokenizer)
     assert ids.shape == (1, 3)
     assert ids.tolist() == [[15496, 11, 995]]  # GPT-2's ids for "Hello", ",", " world"
 
@@ -381,15 +380,14 @@ def test_text_to_token_ids_gives_a_batch_of_gpt2_ids():
         "  spaces,\ttabs and\nnewlines  ",
     ],
 )
-def test_text_and_token_ids_round_trip(text):
-    tokenizer = get_tokenizer()
+def test_text_and_token_ids_round_trip(tokenizer, text):
     ids = text_to_token_ids(text, tokenizer)
     assert ids.dim() == 2 and ids.shape[0] == 1
     assert token_ids_to_text(ids, tokenizer) == text
     assert (50256 in ids[0].tolist()) is ("<|endoftext|>" in text)
 
 
-def test_end_of_text_is_one_special_token():
-    ids = text_to_token_ids("a<|endoftext|>b", get_tokenizer())
+def test_end_of_text_is_one_special_token(tokenizer):
+    ids = text_to_token_ids("a<|endoftext|>b", tokenizer)
     assert ids[0].tolist().count(50256) == 1
     assert len(ids[0]) == 3

@@ -1,4 +1,4 @@
-"""Pooling, losses, accuracy and the training loop of sections 6.6 and 6.7."""
+"""Losses, accuracy, evaluation mode and the training loop of sections 6.6 and 6.7."""
 
 import math
 import re
@@ -6,20 +6,12 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from gptclassifier.data.loaders import create_data_loaders, create_datasets
-from gptclassifier.data.sms import load_data
-from gptclassifier.data.splits import prepare_splits
-from gptclassifier.errors import ConfigError
-from gptclassifier.model.classifier import add_classification_head, set_trainable
-from gptclassifier.model.gpt import GPTModel, model_config
-from gptclassifier.model.tokenizer import get_tokenizer
+from gptclassifier.model.gpt import model_config
 from gptclassifier.progress import silent
-from gptclassifier.training.device import choose_device
 from gptclassifier.training.loop import (
     History,
     calc_accuracy_loader,
@@ -29,19 +21,10 @@ from gptclassifier.training.loop import (
     train_classifier,
     train_classifier_simple,
 )
-from gptclassifier.training.pooling import pool_logits, pooled_positions
-from gptclassifier.training.runners import classifier_logits
 
 PAD = 50256
 CPU = torch.device("cpu")
 SMOKE = {"lr": 1e-3, "batch_size": 8, "num_epochs": 5, "eval_freq": 5, "eval_iter": 2}
-
-
-def nano_classifier(seed: int = 123) -> GPTModel:
-    """Return a seeded gpt2-nano with a 2-class head, in evaluation mode."""
-    torch.manual_seed(seed)
-    model = add_classification_head(GPTModel(model_config("gpt2-nano")), 2, seed)
-    return model.eval()
 
 
 class TokenParity(nn.Module):
@@ -52,138 +35,11 @@ class TokenParity(nn.Module):
         return torch.stack([1 - odd, odd], dim=-1)
 
 
-# --- pooling ------------------------------------------------------------------------------
-
-
-def hand_built_batch():
-    """Return logits whose value encodes (row, position), and right-padded inputs."""
-    rows, positions = torch.meshgrid(torch.arange(3), torch.arange(5), indexing="ij")
-    logits = torch.stack([rows * 10.0 + positions, -(rows * 10.0 + positions)], dim=-1)
-    inputs = torch.tensor(
-        [
-            [11, 12, PAD, PAD, PAD],  # last real token at position 1
-            [21, 22, 23, 24, 25],  # no padding: position 4
-            [31, PAD, PAD, PAD, PAD],  # position 0
-        ]
-    )
-    return logits, inputs
-
-
-def test_last_pooling_picks_the_last_position():
-    logits, inputs = hand_built_batch()
-    assert pool_logits(logits, inputs, "last")[:, 0].tolist() == [4.0, 14.0, 24.0]
-
-
-def test_first_pooling_picks_the_first_position():
-    logits, inputs = hand_built_batch()
-    assert pool_logits(logits, inputs, "first")[:, 0].tolist() == [0.0, 10.0, 20.0]
-
-
-def test_flexible_pooling_picks_the_last_real_token_of_each_row():
-    logits, inputs = hand_built_batch()
-    pooled = pool_logits(logits, inputs, "flexible")
-    assert pooled.shape == (3, 2)
-    assert pooled[:, 0].tolist() == [1.0, 14.0, 20.0]
-    assert pooled[:, 1].tolist() == [-1.0, -14.0, -20.0]
-
-
-def test_mean_pooling_averages_every_position_padding_included():
-    logits, inputs = hand_built_batch()
-    # row r holds 10r + 0..4 at its five positions: their mean is 10r + 2
-    assert pool_logits(logits, inputs, "mean")[:, 0].tolist() == [2.0, 12.0, 22.0]
-    with pytest.raises(ConfigError, match="no one position"):
-        pooled_positions(inputs, "mean")
-
-
-def test_unknown_pooling_raises_config_error_listing_the_choices():
-    logits, inputs = hand_built_batch()
-    with pytest.raises(ConfigError, match="median") as raised:
-        pool_logits(logits, inputs, "median")
-    for choice in ("last", "first", "flexible", "mean"):
-        assert choice in str(raised.value)
-
-
-def with_padding(ids: list[int], pads: int) -> torch.Tensor:
-    """Return one message followed by `pads` padding tokens, as a batch of one."""
-    return torch.tensor([ids + [PAD] * pads])
-
-
-def test_flexible_pooling_does_not_depend_on_the_padding():
-    model = nano_classifier()
-    ids = get_tokenizer().encode("WINNER!! Claim your free prize now, call 0800 123 456")
-    with torch.no_grad():
-        results = [
-            classifier_logits(model, with_padding(ids, pads), "flexible") for pads in (0, 5, 50)
-        ]
-    for other in results[1:]:
-        torch.testing.assert_close(other, results[0], atol=1e-5, rtol=0)
-
-
-def test_last_pooling_changes_with_the_padding():
-    model = nano_classifier()
-    ids = get_tokenizer().encode("WINNER!! Claim your free prize now, call 0800 123 456")
-    with torch.no_grad():
-        unpadded = classifier_logits(model, with_padding(ids, 0), "last")
-        padded = classifier_logits(model, with_padding(ids, 50), "last")
-        flexible = classifier_logits(model, with_padding(ids, 0), "flexible")
-    torch.testing.assert_close(unpadded, flexible)  # without padding the two agree
-    assert not torch.allclose(unpadded, padded, atol=1e-3)
-
-
-LENGTHS = st.lists(st.integers(1, 12), min_size=1, max_size=5)
-
-
-def padded_batch(lengths: list[int], width: int) -> torch.Tensor:
-    """Return messages of the given lengths (token ids 1, 2, ...) right-padded to `width`."""
-    return torch.tensor([list(range(1, n + 1)) + [PAD] * (width - n) for n in lengths])
-
-
-@given(lengths=LENGTHS, extra=st.integers(0, 6), more=st.integers(1, 6))
-def test_flexible_pooling_reads_the_last_real_token_for_any_padding(lengths, extra, more):
-    width = max(lengths) + extra
-    logits = torch.randn(len(lengths), width + more, 3)
-    rows = torch.arange(len(lengths))
-    expected = logits[rows, torch.tensor(lengths) - 1]
-    narrow = pool_logits(logits[:, :width], padded_batch(lengths, width), "flexible")
-    wide = pool_logits(logits, padded_batch(lengths, width + more), "flexible")
-    assert torch.equal(narrow, expected) and torch.equal(wide, expected)
-    assert torch.equal(
-        pool_logits(logits, padded_batch(lengths, width + more), "last"), logits[:, -1]
-    )
-    assert torch.equal(
-        pool_logits(logits, padded_batch(lengths, width + more), "first"), logits[:, 0]
-    )
-
-
-@settings(max_examples=25)
-@given(
-    messages=st.lists(
-        st.lists(st.integers(0, PAD - 1), min_size=1, max_size=20), min_size=1, max_size=4
-    ),
-    pads=st.integers(1, 30),
-)
-def test_a_models_flexible_logits_ignore_any_amount_of_padding(messages, pads):
-    model = nano_classifier()
-    width = max(map(len, messages))
-
-    def batch(extra):
-        return torch.tensor([ids + [PAD] * (width + extra - len(ids)) for ids in messages])
-
-    with torch.no_grad():
-        tight = classifier_logits(model, batch(0), "flexible")
-        loose = classifier_logits(model, batch(pads), "flexible")
-        alone = torch.cat(
-            [classifier_logits(model, torch.tensor([ids]), "flexible") for ids in messages]
-        )
-    torch.testing.assert_close(loose, tight, atol=1e-5, rtol=0)
-    torch.testing.assert_close(alone, tight, atol=1e-5, rtol=0)
-
-
 # --- losses and accuracy ------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("pooling", ["last", "first", "flexible", "mean"])
-def test_calc_loss_batch_is_cross_entropy_of_the_pooled_logits(pooling):
+def test_calc_loss_batch_is_cross_entropy_of_the_pooled_logits(nano_classifier, pooling):
     model = nano_classifier()
     inputs = torch.tensor([[5, 6, 7, PAD, PAD], [8, 9, 10, 11, 12], [13, PAD, PAD, PAD, PAD]])
     targets = torch.tensor([1, 0, 1])
@@ -199,7 +55,7 @@ def test_calc_loss_batch_is_cross_entropy_of_the_pooled_logits(pooling):
     torch.testing.assert_close(loss, expected)
 
 
-def test_ignore_index_leaves_out_the_messages_of_that_class():
+def test_ignore_index_leaves_out_the_messages_of_that_class(nano_classifier):
     model = nano_classifier()
     inputs = torch.tensor([[5, 6, 7, PAD], [8, 9, 10, 11], [13, PAD, PAD, PAD]])
     targets = torch.tensor([1, 0, 1])
@@ -247,7 +103,7 @@ def test_calc_accuracy_loader_respects_num_batches(num_batches):
     assert accuracy == pytest.approx(manual_accuracy(loader, num_batches))
 
 
-def test_calc_loss_loader_averages_the_batch_losses():
+def test_calc_loss_loader_averages_the_batch_losses(nano_classifier):
     model, loader = nano_classifier(), parity_loader()
     with torch.no_grad():
         losses = [F.cross_entropy(model(x)[:, -1, :], y).item() for x, y in loader]
@@ -255,7 +111,7 @@ def test_calc_loss_loader_averages_the_batch_losses():
     assert calc_loss_loader(loader, model, CPU, num_batches=2) == pytest.approx(sum(losses[:2]) / 2)
 
 
-def test_calc_loss_loader_of_an_empty_loader_is_nan():
+def test_calc_loss_loader_of_an_empty_loader_is_nan(nano_classifier):
     empty = DataLoader(TensorDataset(torch.zeros(0, 3, dtype=torch.long), torch.zeros(0)))
     assert math.isnan(calc_loss_loader(empty, nano_classifier(), CPU))
     assert math.isnan(calc_loss_loader(parity_loader(), nano_classifier(), CPU, num_batches=0))
@@ -264,7 +120,7 @@ def test_calc_loss_loader_of_an_empty_loader_is_nan():
 # --- evaluating ---------------------------------------------------------------------------
 
 
-def test_evaluating_disables_grad_inside_and_restores_train_mode():
+def test_evaluating_disables_grad_inside_and_restores_train_mode(nano_classifier):
     model = nano_classifier().train()
     with evaluating(model):
         assert not model.training
@@ -275,7 +131,7 @@ def test_evaluating_disables_grad_inside_and_restores_train_mode():
     assert torch.is_grad_enabled()
 
 
-def test_evaluating_keeps_eval_mode_and_restores_after_an_error():
+def test_evaluating_keeps_eval_mode_and_restores_after_an_error(nano_classifier):
     model = nano_classifier().eval()
     with evaluating(model):
         pass
@@ -290,28 +146,20 @@ def test_evaluating_keeps_eval_mode_and_restores_after_an_error():
 # --- the training loop --------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def smoke_splits(tmp_path_factory):
-    """Return the practice data's splits, read through a private cache folder."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("GPTCLASSIFIER_CACHE", str(tmp_path_factory.mktemp("cache")))
-        return prepare_splits(load_data(profile="smoke"))
-
-
-def smoke_start(splits):
+def smoke_start(splits, tokenizer, nano_classifier):
     """Return the smoke profile's gpt2-nano classifier, loaders and optimizer, seeded."""
     config = model_config("gpt2-nano")
-    datasets = create_datasets(splits, get_tokenizer(), config["context_length"])
+    datasets = create_datasets(splits, tokenizer, config["context_length"])
     loaders = create_data_loaders(datasets, SMOKE["batch_size"])
-    model = set_trainable(nano_classifier(seed=123), "last_block")
+    model = nano_classifier("last_block")
     torch.manual_seed(123)
     optimizer = torch.optim.AdamW(model.parameters(), lr=SMOKE["lr"], weight_decay=0.1)
     return model, loaders, optimizer
 
 
-def smoke_run(splits, on_update=None, log=silent):
+def smoke_run(splits, tokenizer, nano_classifier, on_update=None, log=silent):
     """Fine-tune gpt2-nano on the practice data with the smoke profile's settings."""
-    model, loaders, optimizer = smoke_start(splits)
+    model, loaders, optimizer = smoke_start(splits, tokenizer, nano_classifier)
     history = train_classifier(
         model, loaders["train"], loaders["validation"], optimizer, CPU,
         SMOKE["num_epochs"], SMOKE["eval_freq"], SMOKE["eval_iter"],
@@ -321,11 +169,13 @@ def smoke_run(splits, on_update=None, log=silent):
 
 
 @pytest.fixture(scope="module")
-def smoke_training(smoke_splits):
+def smoke_training(smoke_splits, tokenizer, nano_classifier):
     """Run the smoke fine-tuning once, recording the callbacks' calls."""
     updates, lines = [], []
     history, loaders = smoke_run(
         smoke_splits,
+        tokenizer,
+        nano_classifier,
         on_update=lambda h: updates.append((len(h.train_losses), len(h.train_accs))),
         log=lines.append,
     )
@@ -433,12 +283,14 @@ def books_script(datasets, model: nn.Module, num_epochs: int, eval_freq: int, ev
         first_batches(val_loader)
 
 
-def test_the_loop_sees_the_books_batches_in_the_books_order(smoke_splits):
-    datasets = create_datasets(smoke_splits, get_tokenizer(), 1024)
-    book = Recorder(set_trainable(nano_classifier(seed=123), "last_block"))
+def test_the_loop_sees_the_books_batches_in_the_books_order(
+    smoke_splits, tokenizer, nano_classifier
+):
+    datasets = create_datasets(smoke_splits, tokenizer, 1024)
+    book = Recorder(nano_classifier("last_block"))
     books_script(datasets, book, 2, SMOKE["eval_freq"], SMOKE["eval_iter"])
 
-    ours = Recorder(set_trainable(nano_classifier(seed=123), "last_block"))
+    ours = Recorder(nano_classifier("last_block"))
     loaders = create_data_loaders(datasets, SMOKE["batch_size"])
     torch.manual_seed(123)
     optimizer = torch.optim.AdamW(ours.parameters(), lr=SMOKE["lr"], weight_decay=0.1)
@@ -452,16 +304,18 @@ def test_the_loop_sees_the_books_batches_in_the_books_order(smoke_splits):
     assert ours.seen == book.seen  # every batch, training and evaluation, in the same order
 
 
-def test_two_runs_with_the_same_seeds_give_identical_histories(smoke_splits, smoke_training):
-    again, _ = smoke_run(smoke_splits)
+def test_two_runs_with_the_same_seeds_give_identical_histories(
+    smoke_splits, tokenizer, nano_classifier, smoke_training
+):
+    again, _ = smoke_run(smoke_splits, tokenizer, nano_classifier)
     first = {**smoke_training[0].as_dict(), "seconds": None}
     assert {**again.as_dict(), "seconds": None} == first
 
 
 def test_the_books_name_prints_its_lines_and_unpacks_into_its_five_values(
-    smoke_splits, smoke_training, capsys
+    smoke_splits, tokenizer, nano_classifier, smoke_training, capsys
 ):
-    model, loaders, optimizer = smoke_start(smoke_splits)
+    model, loaders, optimizer = smoke_start(smoke_splits, tokenizer, nano_classifier)
     train_losses, val_losses, train_accs, val_accs, examples_seen = train_classifier_simple(
         model, loaders["train"], loaders["validation"], optimizer, CPU,
         num_epochs=SMOKE["num_epochs"], eval_freq=SMOKE["eval_freq"], eval_iter=SMOKE["eval_iter"],
@@ -471,30 +325,3 @@ def test_the_books_name_prints_its_lines_and_unpacks_into_its_five_values(
     assert (train_losses, val_losses) == (history.train_losses, history.val_losses)
     assert (train_accs, val_accs) == (history.train_accs, history.val_accs)
     assert examples_seen == history.examples_seen
-
-
-# --- device -------------------------------------------------------------------------------
-
-
-@pytest.mark.skipif(
-    torch.cuda.is_available() or torch.backends.mps.is_available(),
-    reason="this machine has an accelerator",
-)
-def test_choose_device_returns_cpu_on_a_machine_without_accelerator():
-    assert choose_device() == torch.device("cpu")
-
-
-def test_choose_device_prefers_cuda(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert choose_device() == torch.device("cuda")
-
-
-@pytest.mark.parametrize(
-    ("version", "expected"),
-    [("2.8.0", "cpu"), ("2.9.0", "mps"), ("2.10.1+cpu", "mps"), ("3.0.0", "mps")],
-)
-def test_choose_device_uses_mps_only_from_torch_2_9(monkeypatch, version, expected):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
-    monkeypatch.setattr(torch, "__version__", version)
-    assert choose_device() == torch.device(expected)

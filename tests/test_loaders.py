@@ -1,4 +1,4 @@
-"""SpamDataset, the three datasets and their loaders, as section 6.3 of the chapter builds them."""
+"""SpamDataset, the three datasets and their loaders (section 6.3), trimmed and bucketed batches."""
 
 import warnings
 
@@ -9,22 +9,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gptclassifier.data.loaders import (
+    LengthBucketSampler,
     SpamDataset,
     create_data_loaders,
     create_datasets,
     trim_padding,
 )
 from gptclassifier.errors import ConfigError, DataError
-from gptclassifier.model.tokenizer import get_tokenizer
+from gptclassifier.model.tokenizer import PAD_TOKEN_ID
 
 PAD = 50256
 SHORT, MEDIUM, LONG = "Hi", "See you at the station at six", "Win a brand new car " * 5
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    """Return GPT-2's tokenizer."""
-    return get_tokenizer()
 
 
 def frame(texts, labels=None) -> pd.DataFrame:
@@ -213,3 +208,25 @@ def test_trimmed_batches_keep_every_real_token_and_drop_only_padding(messages, e
     for ids, row in zip(messages, inputs.tolist(), strict=True):
         assert row == ids + [PAD] * (inputs.shape[1] - len(ids))
     assert labels.tolist() == [i % 2 for i in range(len(messages))]
+
+
+def test_trim_padding_cuts_to_the_longest_message():
+    batch = [
+        (torch.tensor([5, 6, PAD_TOKEN_ID, PAD_TOKEN_ID]), torch.tensor(0)),
+        (torch.tensor([7, PAD_TOKEN_ID, PAD_TOKEN_ID, PAD_TOKEN_ID]), torch.tensor(1)),
+    ]
+    inputs, labels = trim_padding(batch)
+    assert inputs.tolist() == [[5, 6], [7, PAD_TOKEN_ID]]
+    assert labels.tolist() == [0, 1]
+
+
+def test_length_buckets_cover_every_message_once_per_epoch():
+    lengths = [(i * 37) % 50 for i in range(100)]
+    sampler = LengthBucketSampler(lengths, batch_size=8, generator=torch.Generator().manual_seed(1))
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == 12
+    seen = [index for batch in batches for index in batch]
+    assert len(seen) == len(set(seen)) == 96
+    spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches)
+    assert spread < 12 * 25  # sorted within chunks: batches hold similar lengths
+    assert list(sampler) != batches  # a new order every epoch

@@ -6,20 +6,14 @@ import re
 import pytest
 import torch
 
-from gptclassifier.data.loaders import (
-    LengthBucketSampler,
-    create_data_loaders,
-    create_datasets,
-    trim_padding,
-)
-from gptclassifier.data.sms import load_data
-from gptclassifier.data.splits import prepare_splits
+from gptclassifier.data.loaders import create_data_loaders, create_datasets
 from gptclassifier.errors import ConfigError
 from gptclassifier.model.classifier import add_classification_head, set_causal_mask, set_trainable
 from gptclassifier.model.gpt import GPTModel, TransformerBlock, model_config
-from gptclassifier.model.tokenizer import PAD_TOKEN_ID, get_tokenizer
-from gptclassifier.training import runners as fast
-from gptclassifier.training.device import bf16_is_fast, choose_precision, has_fused_adamw
+from gptclassifier.model.tokenizer import PAD_TOKEN_ID
+from gptclassifier.settings import TrainSettings
+from gptclassifier.training import runners
+from gptclassifier.training.device import has_fused_adamw
 from gptclassifier.training.loop import evaluating, train_classifier
 from gptclassifier.training.pooling import pool_logits
 from gptclassifier.training.runners import (
@@ -27,11 +21,14 @@ from gptclassifier.training.runners import (
     Autocast,
     FrozenPrefixCache,
     PooledModel,
+    Runner,
     available_memory,
     block_at_positions,
     cache_refusal,
     cache_storage,
     classifier_logits,
+    classifier_runner,
+    context_length,
     frozen_blocks,
     speed_up,
 )
@@ -40,27 +37,14 @@ SMOKE = {"num_epochs": 3, "eval_freq": 5, "eval_iter": 2}
 
 
 @pytest.fixture(scope="module")
-def datasets(tmp_path_factory):
+def datasets(smoke_splits, tokenizer):
     """Return the practice data's datasets for the tiny model."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("GPTCLASSIFIER_CACHE", str(tmp_path_factory.mktemp("cache")))
-        splits = prepare_splits(load_data(profile="smoke"))
-    return create_datasets(splits, get_tokenizer(), context_length=128)
+    return create_datasets(smoke_splits, tokenizer, context_length=128)
 
 
-def classifier(strategy="last_block", seed=0):
-    """Return a seeded tiny GPT with a two-class head and `strategy` trainable."""
-    torch.manual_seed(seed)
-    model = add_classification_head(GPTModel(model_config("gpt2-nano")), 2)
-    return set_trainable(model, strategy)
-
-
-def exact_classifier(strategy="last_block"):
-    """Return the seeded classifier in float64, where two ways of computing agree to ~1e-15.
-
-    In float32 they agree only to ~1e-7, and the order of the sums differs between CPUs.
-    """
-    return classifier(strategy).double()
+# The classifiers here are nano_classifier(strategy, seed=0), most in float64 (.double()): there
+# two ways of computing agree to ~1e-15, where float32 agrees only to ~1e-7 and the order of the
+# sums differs between CPUs.
 
 
 def train(datasets, model, runner, pooling="last", trim=False, fused=False):
@@ -89,29 +73,29 @@ def assert_same_training(history, expected, model, plain):
 
 @pytest.mark.parametrize("strategy", ["last_layer", "last_block", "last_two_blocks"])
 @pytest.mark.parametrize("pooling", ["last", "first", "mean"])
-def test_cached_training_equals_the_chapters_loop(datasets, strategy, pooling):
-    plain = exact_classifier(strategy)
+def test_cached_training_equals_the_chapters_loop(nano_classifier, datasets, strategy, pooling):
+    plain = nano_classifier(strategy, seed=0).double()
     expected = train(datasets, plain, plain, pooling)
-    model = exact_classifier(strategy)
+    model = nano_classifier(strategy, seed=0).double()
     history = train(datasets, model, FrozenPrefixCache(model, pooling), pooling)
     assert_same_training(history, expected, model, plain)
 
 
-def test_flexible_pooling_with_trimmed_padding_gives_the_same_training(datasets):
-    plain = exact_classifier()
+def test_flexible_pooling_with_trimmed_padding_gives_the_same_training(nano_classifier, datasets):
+    plain = nano_classifier("last_block", seed=0).double()
     expected = train(datasets, plain, plain, pooling="flexible")
-    model = exact_classifier()
+    model = nano_classifier("last_block", seed=0).double()
     fast = speed_up(model, "flexible", "float64", datasets=datasets.values())
     assert isinstance(fast, FrozenPrefixCache)
     history = train(datasets, model, fast, pooling="flexible", trim=True)
     assert_same_training(history, expected, model, plain)
 
 
-def test_the_fused_adamw_trains_as_the_chapters(datasets):
+def test_the_fused_adamw_trains_as_the_chapters(nano_classifier, datasets):
     assert has_fused_adamw(torch.device("cpu"))
-    plain = exact_classifier()
+    plain = nano_classifier("last_block", seed=0).double()
     expected = train(datasets, plain, plain)
-    model = exact_classifier()
+    model = nano_classifier("last_block", seed=0).double()
     history = train(datasets, model, FrozenPrefixCache(model, "last"), fused=True)
     assert_same_training(history, expected, model, plain)
 
@@ -121,8 +105,8 @@ def assert_close(actual, expected):
     torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-12)
 
 
-def test_trimmed_batches_predict_like_globally_padded_ones(datasets):
-    model = exact_classifier().eval()
+def test_trimmed_batches_predict_like_globally_padded_ones(nano_classifier, datasets):
+    model = nano_classifier("last_block", seed=0).double().eval()
     global_padding = create_data_loaders(datasets, batch_size=8)["test"]
     trimmed = create_data_loaders(datasets, batch_size=8, trim=True)["test"]
     with evaluating(model):
@@ -134,8 +118,8 @@ def test_trimmed_batches_predict_like_globally_padded_ones(datasets):
             )
 
 
-def test_the_cache_serves_any_padding_exactly(datasets):
-    model = exact_classifier().eval()
+def test_the_cache_serves_any_padding_exactly(nano_classifier, datasets):
+    model = nano_classifier("last_block", seed=0).double().eval()
     short = [ids for ids in datasets["train"].encoded_texts if ids[19] == PAD_TOKEN_ID][:6]
     rows = torch.tensor(short)  # messages of under 20 tokens, padded to the training length
     cached = FrozenPrefixCache(model, "last")
@@ -148,8 +132,10 @@ def test_the_cache_serves_any_padding_exactly(datasets):
 
 @pytest.mark.parametrize("strategy", ["last_layer", "last_block", "last_two_blocks"])
 @pytest.mark.parametrize("pooling", ["last", "first", "flexible", "mean"])
-def test_the_cache_returns_the_pooled_logits_of_the_full_model(datasets, strategy, pooling):
-    model = exact_classifier(strategy).eval()
+def test_the_cache_returns_the_pooled_logits_of_the_full_model(
+    nano_classifier, datasets, strategy, pooling
+):
+    model = nano_classifier(strategy, seed=0).double().eval()
     rows = torch.tensor(datasets["test"].encoded_texts[:8])
     cached = FrozenPrefixCache(model, pooling)
     with torch.no_grad():
@@ -159,8 +145,8 @@ def test_the_cache_returns_the_pooled_logits_of_the_full_model(datasets, strateg
         assert torch.equal(classifier_logits(cached, rows, pooling), pooled)
 
 
-def test_an_empty_message_gets_the_full_models_logits(datasets):
-    model = exact_classifier().eval()
+def test_an_empty_message_gets_the_full_models_logits(nano_classifier, datasets):
+    model = nano_classifier("last_block", seed=0).double().eval()
     rows = torch.tensor(datasets["test"].encoded_texts[:3])
     rows[1] = PAD_TOKEN_ID  # nothing but padding: flexible pooling reads position 0
     expected = pool_logits(model(rows), rows, "flexible").detach()
@@ -185,8 +171,8 @@ def test_block_at_positions_equals_the_whole_block():
         assert_close(block_at_positions(block, x, positions)[1], expected[1])
 
 
-def test_flexible_pooling_keeps_only_the_real_tokens_states(datasets):
-    model = classifier().eval()
+def test_flexible_pooling_keeps_only_the_real_tokens_states(nano_classifier, datasets):
+    model = nano_classifier("last_block", seed=0).eval()
     rows = torch.tensor(datasets["test"].encoded_texts[:8])
     zeros = FrozenPrefixCache(model, "flexible")
     with torch.no_grad():
@@ -196,8 +182,8 @@ def test_flexible_pooling_keeps_only_the_real_tokens_states(datasets):
         assert len(zeros.cache[real.numpy().tobytes()]) == len(real)
 
 
-def test_fill_precomputes_every_message(datasets):
-    model = classifier()
+def test_fill_precomputes_every_message(nano_classifier, datasets):
+    model = nano_classifier("last_block", seed=0)
     cached = FrozenPrefixCache(model, "flexible")
     cached.fill(torch.tensor(datasets["train"].encoded_texts), tokens_per_batch=256)
     rows = torch.tensor(datasets["train"].encoded_texts[:8])
@@ -208,8 +194,8 @@ def test_fill_precomputes_every_message(datasets):
 
 
 @pytest.mark.parametrize("pooling", ["last", "flexible"])
-def test_fill_batches_hold_a_token_budget_longest_first(datasets, pooling):
-    cached = FrozenPrefixCache(exact_classifier(), pooling)
+def test_fill_batches_hold_a_token_budget_longest_first(nano_classifier, datasets, pooling):
+    cached = FrozenPrefixCache(nano_classifier("last_block", seed=0).double(), pooling)
     shapes, run_prefix = [], cached._run_prefix
     cached._run_prefix = lambda in_idx: shapes.append(tuple(in_idx.shape)) or run_prefix(in_idx)
     rows = torch.tensor(datasets["train"].encoded_texts)
@@ -220,33 +206,37 @@ def test_fill_batches_hold_a_token_budget_longest_first(datasets, pooling):
     assert widths == sorted(widths, reverse=True) and len(shapes) > 2
     if pooling == "last":
         assert set(widths) == {rows.shape[1]}
-    lazy = FrozenPrefixCache(exact_classifier(), pooling)
+    lazy = FrozenPrefixCache(nano_classifier("last_block", seed=0).double(), pooling)
     assert_close(cached(rows[:16]), lazy(rows[:16]))
 
 
 @pytest.mark.parametrize("pooling", ["last", "flexible"])
 @pytest.mark.parametrize("bfloat16", [False, True])
-def test_fill_takes_the_budget_measured_for_its_padding_and_precision(pooling, bfloat16):
-    cached = FrozenPrefixCache(classifier(), pooling)
+def test_fill_takes_the_budget_measured_for_its_padding_and_precision(
+    nano_classifier, pooling, bfloat16
+):
+    cached = FrozenPrefixCache(nano_classifier("last_block", seed=0), pooling)
     counts, run_prefix = [], cached._run_prefix
     cached._run_prefix = lambda in_idx: counts.append(len(in_idx)) or run_prefix(in_idx)
     rows = torch.randint(0, 50000, (40, 120))
     with torch.autocast("cpu", torch.bfloat16, enabled=bfloat16):
         cached.fill(rows)
     padded_bfloat16 = bfloat16 and pooling == "last"
-    budget = fast.PADDED_BFLOAT16_TOKENS_PER_BATCH if padded_bfloat16 else fast.TOKENS_PER_BATCH
+    budget = (
+        runners.PADDED_BFLOAT16_TOKENS_PER_BATCH if padded_bfloat16 else runners.TOKENS_PER_BATCH
+    )
     assert counts[0] == budget // 120
 
 
-def test_one_position_per_message_runs_in_float32_under_autocast(datasets):
-    cached = FrozenPrefixCache(classifier(), "last")
+def test_one_position_per_message_runs_in_float32_under_autocast(nano_classifier, datasets):
+    cached = FrozenPrefixCache(nano_classifier("last_block", seed=0), "last")
     rows = torch.tensor(datasets["test"].encoded_texts[:8])
     cached.fill(rows)  # float32 states, so everything after them is float32 too
     with torch.no_grad():
         assert torch.equal(Autocast(cached)(rows), cached(rows))
 
 
-def test_a_batch_crosses_between_host_and_device_once(datasets, monkeypatch):
+def test_a_batch_crosses_between_host_and_device_once(nano_classifier, datasets, monkeypatch):
     calls = {"cpu": 0, "to": 0}
     for name in calls:
         original = getattr(torch.Tensor, name)
@@ -256,7 +246,7 @@ def test_a_batch_crosses_between_host_and_device_once(datasets, monkeypatch):
             return _original(tensor, *args, **kwargs)
 
         monkeypatch.setattr(torch.Tensor, name, counted)
-    cached = FrozenPrefixCache(classifier(), "flexible")
+    cached = FrozenPrefixCache(nano_classifier("last_block", seed=0), "flexible")
     rows = torch.tensor(datasets["test"].encoded_texts[:8])
     with torch.no_grad():
         cached(rows)  # keys from one copy; the states stored in one go, then served in one
@@ -266,16 +256,16 @@ def test_a_batch_crosses_between_host_and_device_once(datasets, monkeypatch):
         assert calls == {"cpu": 1, "to": 1}
 
 
-def test_frozen_blocks_counts_the_frozen_prefix():
-    assert frozen_blocks(classifier("last_block")) == 2
-    assert frozen_blocks(classifier("last_two_blocks")) == 1
-    assert frozen_blocks(classifier("last_layer")) == 3
-    assert frozen_blocks(classifier("all")) == 0
+def test_frozen_blocks_counts_the_frozen_prefix(nano_classifier):
+    assert frozen_blocks(nano_classifier("last_block", seed=0)) == 2
+    assert frozen_blocks(nano_classifier("last_two_blocks", seed=0)) == 1
+    assert frozen_blocks(nano_classifier("last_layer", seed=0)) == 3
+    assert frozen_blocks(nano_classifier("all", seed=0)) == 0
 
 
-def test_the_cache_refuses_what_it_cannot_serve():
-    assert cache_refusal(classifier()) is None
-    everything = classifier("all")
+def test_the_cache_refuses_what_it_cannot_serve(nano_classifier):
+    assert cache_refusal(nano_classifier("last_block", seed=0)) is None
+    everything = nano_classifier("all", seed=0)
     reason = cache_refusal(everything)
     assert "no frozen part" in reason
     with pytest.raises(ConfigError, match=re.escape(reason)):
@@ -286,10 +276,12 @@ def test_the_cache_refuses_what_it_cannot_serve():
     with pytest.raises(ConfigError, match="dropout"):
         FrozenPrefixCache(dropout)
     with pytest.raises(ConfigError, match="unknown pooling"):
-        FrozenPrefixCache(classifier(), "median")
-    unmasked = set_causal_mask(classifier(), False)
+        FrozenPrefixCache(nano_classifier("last_block", seed=0), "median")
+    unmasked = set_causal_mask(nano_classifier("last_block", seed=0), False)
     assert "without the causal mask" in cache_refusal(unmasked)
-    assert "no frozen part" in cache_refusal(classifier("lora"))  # LoRA trains the first block
+    assert "no frozen part" in cache_refusal(
+        nano_classifier("lora", seed=0)
+    )  # LoRA trains the first block
     for refused in (unmasked, everything, dropout):  # the whole model runs, as the chapter's
         runner = speed_up(refused, "last")
         assert type(runner) is PooledModel and runner.model is refused
@@ -310,9 +302,9 @@ STALE = {
 
 
 @pytest.mark.parametrize("change", STALE.values(), ids=STALE.keys())
-def test_the_cache_refuses_stale_states(datasets, change):
+def test_the_cache_refuses_stale_states(nano_classifier, datasets, change):
     rows = torch.tensor(datasets["test"].encoded_texts[:4])
-    model = classifier()
+    model = nano_classifier("last_block", seed=0)
     cached = FrozenPrefixCache(model, "last")
     cached.fill(rows)
     with torch.no_grad():
@@ -327,7 +319,7 @@ def test_the_cache_refuses_stale_states(datasets, change):
 
 def test_the_cache_stays_where_its_states_fit(monkeypatch):
     free = {"cuda": 10 * GIB, "cpu": 100 * GIB}
-    monkeypatch.setattr(fast, "available_memory", lambda device: free[device.type])
+    monkeypatch.setattr(runners, "available_memory", lambda device: free[device.type])
     cuda = torch.device("cuda")
     assert cache_storage(2 * GIB, cuda) == cuda
     assert cache_storage(20 * GIB, cuda) == torch.device("cpu")  # served a batch at a time
@@ -338,14 +330,16 @@ def test_the_cache_stays_where_its_states_fit(monkeypatch):
 
 
 @pytest.mark.parametrize("pooling", ["last", "flexible"])
-def test_the_cache_estimates_its_memory_before_filling(datasets, monkeypatch, pooling):
+def test_the_cache_estimates_its_memory_before_filling(
+    nano_classifier, datasets, monkeypatch, pooling
+):
     rows = torch.tensor(datasets["train"].encoded_texts)
     rows[0] = PAD_TOKEN_ID  # an empty message keeps one position
     lengths = (rows != PAD_TOKEN_ID).sum(dim=1).clamp(min=1)
     positions = rows.numel() if pooling == "last" else int(lengths.sum())
     need = positions * 48 * 8  # emb_dim of gpt2-nano, float64
-    monkeypatch.setattr(fast, "available_memory", lambda device: need / fast.MEMORY_SHARE)
-    cached = FrozenPrefixCache(exact_classifier(), pooling)
+    monkeypatch.setattr(runners, "available_memory", lambda device: need / runners.MEMORY_SHARE)
+    cached = FrozenPrefixCache(nano_classifier("last_block", seed=0).double(), pooling)
     cached.fill(rows[:-1])
     assert cached.storage == torch.device("cpu")
     with pytest.raises(ConfigError, match="needs .* GiB of memory") as refusal:
@@ -353,9 +347,9 @@ def test_the_cache_estimates_its_memory_before_filling(datasets, monkeypatch, po
     message = str(refusal.value)
     assert "\n" not in message and "--chapter" in message
     assert ("--pooling flexible" in message) == (pooling == "last")  # the one that caches less
-    monkeypatch.setattr(fast, "available_memory", lambda device: 1000)
+    monkeypatch.setattr(runners, "available_memory", lambda device: 1000)
     with pytest.raises(ConfigError, match="frozen-prefix cache needs"):
-        speed_up(classifier(), pooling, datasets=datasets.values())
+        speed_up(nano_classifier("last_block", seed=0), pooling, datasets=datasets.values())
 
 
 def test_available_memory_is_read_where_the_system_tells_it(monkeypatch):
@@ -365,19 +359,19 @@ def test_available_memory_is_read_where_the_system_tells_it(monkeypatch):
     def no_meminfo(*args, **kwargs):
         raise OSError("no /proc here")
 
-    monkeypatch.setattr(fast, "open", no_meminfo, raising=False)
-    monkeypatch.setattr(fast.os, "sysconf", lambda name: 4096, raising=False)
+    monkeypatch.setattr(runners, "open", no_meminfo, raising=False)
+    monkeypatch.setattr(runners.os, "sysconf", lambda name: 4096, raising=False)
     assert available_memory(cpu) == 4096 * 4096
-    monkeypatch.delattr(fast.os, "sysconf", raising=False)
+    monkeypatch.delattr(runners.os, "sysconf", raising=False)
     assert available_memory(cpu) is None
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_states_kept_on_the_host_serve_a_cuda_model(datasets, monkeypatch):
+def test_states_kept_on_the_host_serve_a_cuda_model(nano_classifier, datasets, monkeypatch):
     monkeypatch.setattr(
-        fast, "available_memory", lambda device: 0 if device.type == "cuda" else None
+        runners, "available_memory", lambda device: 0 if device.type == "cuda" else None
     )
-    model = exact_classifier().cuda().eval()
+    model = nano_classifier("last_block", seed=0).double().cuda().eval()
     rows = torch.tensor(datasets["test"].encoded_texts[:8])
     cached = FrozenPrefixCache(model, "flexible")
     cached.fill(rows)
@@ -388,8 +382,8 @@ def test_states_kept_on_the_host_serve_a_cuda_model(datasets, monkeypatch):
         assert_close(cached(rows), pool_logits(model(rows), rows, "flexible"))
 
 
-def test_autocast_returns_float32_logits_close_to_float32():
-    model = classifier().eval()
+def test_autocast_returns_float32_logits_close_to_float32(nano_classifier):
+    model = nano_classifier("last_block", seed=0).eval()
     rows = torch.randint(0, 50000, (2, 12))
     with torch.no_grad():
         mixed = Autocast(PooledModel(model))(rows)
@@ -399,55 +393,31 @@ def test_autocast_returns_float32_logits_close_to_float32():
     assert isinstance(speed_up(copy.deepcopy(model), "last", "bfloat16"), Autocast)
 
 
-def test_choose_precision():
-    cpu = torch.device("cpu")
-    assert choose_precision(cpu, "float32") == "float32"
-    assert choose_precision(cpu, "bfloat16") == "bfloat16"
-    assert choose_precision(cpu, "float64") == "float64"
-    assert choose_precision(cpu, "auto") in ("float32", "bfloat16")
-    with pytest.raises(ConfigError, match="unknown precision"):
-        choose_precision(cpu, "float16x")
-    assert isinstance(speed_up(exact_classifier(), "last", "float64"), FrozenPrefixCache)
-
-
-@pytest.mark.parametrize("native", [True, False])
-def test_bf16_on_cuda_only_where_native(monkeypatch, native):
-    def is_bf16_supported(including_emulation=True):
-        return including_emulation or native  # every GPU emulates bfloat16
-
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
-    cuda = torch.device("cuda")
-    assert bf16_is_fast(cuda) is native
-    assert choose_precision(cuda, "auto") == ("bfloat16" if native else "float32")
-
-
-def test_trim_padding_cuts_to_the_longest_message():
-    batch = [
-        (torch.tensor([5, 6, PAD_TOKEN_ID, PAD_TOKEN_ID]), torch.tensor(0)),
-        (torch.tensor([7, PAD_TOKEN_ID, PAD_TOKEN_ID, PAD_TOKEN_ID]), torch.tensor(1)),
-    ]
-    inputs, labels = trim_padding(batch)
-    assert inputs.tolist() == [[5, 6], [7, PAD_TOKEN_ID]]
-    assert labels.tolist() == [0, 1]
-
-
-def test_length_buckets_cover_every_message_once_per_epoch():
-    lengths = [(i * 37) % 50 for i in range(100)]
-    sampler = LengthBucketSampler(lengths, batch_size=8, generator=torch.Generator().manual_seed(1))
-    batches = list(sampler)
-    assert len(batches) == len(sampler) == 12
-    seen = [index for batch in batches for index in batch]
-    assert len(seen) == len(set(seen)) == 96
-    spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches)
-    assert spread < 12 * 25  # sorted within chunks: batches hold similar lengths
-    assert list(sampler) != batches  # a new order every epoch
-
-
-def test_a_repeated_message_is_computed_once(datasets):
-    cached = FrozenPrefixCache(classifier(), "flexible")
+def test_a_repeated_message_is_computed_once(nano_classifier, datasets):
+    cached = FrozenPrefixCache(nano_classifier("last_block", seed=0), "flexible")
     rows = torch.tensor(datasets["train"].encoded_texts[:3] * 2)
     computed = []
     run_prefix = cached._run_prefix
     cached._run_prefix = lambda in_idx: computed.append(len(in_idx)) or run_prefix(in_idx)
     cached.fill(rows)
     assert sum(computed) == 3 and len(cached.cache) == 3
+
+
+def test_every_runner_keeps_the_contract(nano_classifier, datasets):
+    model = nano_classifier("last_block", seed=0)
+    rows = torch.tensor(datasets["validation"].encoded_texts[:4])
+    chapter = TrainSettings(model="gpt2-nano", loop="chapter", pooling="flexible")
+    made = [
+        PooledModel(model, "flexible"),
+        speed_up(model, "flexible", datasets=[datasets["validation"]]),
+        speed_up(model, "flexible", "bfloat16"),
+        classifier_runner(model, chapter, "bfloat16"),
+    ]
+    assert [type(runner) for runner in made] == [PooledModel, FrozenPrefixCache, Autocast, Autocast]
+    for runner in made:
+        assert isinstance(runner, Runner) and runner.model is model
+        assert context_length(runner) == context_length(model) == 128
+        with torch.no_grad():
+            assert classifier_logits(runner, rows, "flexible").shape == (4, 2)
+        with pytest.raises(ConfigError, match="the model pools 'flexible', not 'last'"):
+            classifier_logits(runner, rows, "last")

@@ -1,4 +1,4 @@
-"""Reading, balancing, encoding and splitting data that the tests build themselves."""
+"""Reading the SMS Spam Collection, or a table, by content; downloading it; load_data."""
 
 import hashlib
 import io
@@ -18,7 +18,6 @@ from gptclassifier.data.sms import (
     read_labeled_table,
     read_sms_spam,
 )
-from gptclassifier.data.splits import create_balanced_dataset, encode_labels, random_split
 from gptclassifier.errors import ConfigError, DataError, DownloadError, FallbackWarning
 
 SMALL_SMS = 'ham\tSee you at 7\nspam\tWIN a prize!\tReply now\nham\t"Lunch?" she asked\nham\tok\n'
@@ -170,73 +169,6 @@ def test_user_tables_without_the_named_columns_are_refused(tmp_path):
 def test_class_names_sort_integers_numerically():
     assert class_names(pd.DataFrame({"Label": ["10", "2", "1"]})) == ("1", "2", "10")
     assert class_names(pd.DataFrame({"Label": [1, 0, 1]})) == ("0", "1")
-
-
-def sms_frame(num_ham=40, num_spam=7):
-    """Return a frame of numbered ham and spam messages, spam scattered among ham."""
-    labels = ["ham"] * num_ham + ["spam"] * num_spam
-    frame = pd.DataFrame({"Label": labels, "Text": [f"message {i}" for i in range(len(labels))]})
-    return frame.sample(frac=1, random_state=0).reset_index(drop=True)
-
-
-def test_balancing_matches_the_chapters_recipe():
-    frame = sms_frame()
-    balanced = create_balanced_dataset(frame, seed=123)
-    spam = frame[frame["Label"] == "spam"]
-    ham = frame[frame["Label"] == "ham"].sample(len(spam), random_state=123)
-    pd.testing.assert_frame_equal(balanced, pd.concat([ham, spam]))
-
-
-def test_balancing_three_classes_keeps_the_smallest_whole():
-    frame = pd.DataFrame({"Label": list("aaaaabbbcc"), "Text": [str(i) for i in range(10)]})
-    balanced = create_balanced_dataset(frame)
-    assert balanced["Label"].value_counts().to_dict() == {"a": 2, "b": 2, "c": 2}
-    assert balanced.index[-2:].tolist() == [8, 9]
-
-
-def test_balancing_one_class_is_an_error():
-    with pytest.raises(DataError, match="at least two classes, found 1"):
-        create_balanced_dataset(pd.DataFrame({"Label": ["ham"] * 3, "Text": ["a", "b", "c"]}))
-
-
-def test_label_encoding_is_safe_to_run_twice():
-    frame = sms_frame(5, 3)
-    once = encode_labels(frame)
-    assert once["Label"].tolist() == (frame["Label"] == "spam").astype(int).tolist()
-    pd.testing.assert_frame_equal(encode_labels(once), once)
-    book_way = frame["Label"].map({"ham": 0, "spam": 1})
-    assert book_way.map({"ham": 0, "spam": 1}).isna().all()  # the chapter's second run
-
-
-def test_label_encoding_refuses_unknown_labels():
-    with pytest.raises(DataError, match="label 'eggs' is not one of ham, spam"):
-        encode_labels(pd.DataFrame({"Label": ["ham", "eggs"], "Text": ["a", "b"]}))
-    with pytest.raises(DataError, match="neither a class name nor a class index"):
-        encode_labels(pd.DataFrame({"Label": [0, 7], "Text": ["a", "b"]}))
-
-
-def test_random_split_sizes_and_disjointness():
-    frame = sms_frame(747, 747)
-    train, validation, test = random_split(frame, 0.7, 0.1, seed=123)
-    assert (len(train), len(validation), len(test)) == (1045, 149, 300)
-    texts = pd.concat([train, validation, test])["Text"]
-    assert texts.is_unique and set(texts) == set(frame["Text"])
-    again = random_split(frame, 0.7, 0.1, seed=123)
-    assert all(a.equals(b) for a, b in zip((train, validation, test), again, strict=True))
-    assert not random_split(frame, 0.7, 0.1, seed=124)[0].equals(train)
-
-
-@pytest.mark.parametrize(
-    ("train_frac", "validation_frac"), [(0.0, 0.1), (0.7, 0.3), (1.2, 0.1), (0.7, 0)]
-)
-def test_random_split_refuses_impossible_fractions(train_frac, validation_frac):
-    with pytest.raises(DataError, match="fractions"):
-        random_split(sms_frame(), train_frac, validation_frac)
-
-
-def test_random_split_refuses_too_few_rows():
-    with pytest.raises(DataError, match="5 rows are too few"):
-        random_split(sms_frame(3, 2), 0.7, 0.1)
 
 
 def test_download_sms_spam_extracts_verifies_and_caches(file_server, tmp_path):

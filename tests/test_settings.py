@@ -1,9 +1,16 @@
-"""Profiles pick inputs and settings; the environment chooses one."""
+"""Profiles pick inputs and settings; the environment chooses one; impossible settings fail."""
 
 import pytest
 
-from gptclassifier.errors import ConfigError, strict_mode
-from gptclassifier.settings import get_profile, train_settings
+from gptclassifier.cli import build_parser
+from gptclassifier.errors import ConfigError
+from gptclassifier.settings import (
+    CHOICES,
+    SETTING_NAMES,
+    TrainSettings,
+    get_profile,
+    train_settings,
+)
 
 
 def test_book_is_the_default_with_the_chapters_settings():
@@ -50,14 +57,6 @@ def test_an_unknown_profile_lists_the_choices():
 
 
 @pytest.mark.parametrize(
-    ("value", "strict"), [("1", True), ("yes", True), ("0", False), ("", False), ("false", False)]
-)
-def test_strict_mode_reads_the_environment(monkeypatch, value, strict):
-    monkeypatch.setenv("GPTCLASSIFIER_STRICT", value)
-    assert strict_mode() is strict
-
-
-@pytest.mark.parametrize(
     ("override", "message"),
     [
         ({"num_epochs": 0}, "num_epochs must be a whole number of at least 1, not 0"),
@@ -72,3 +71,31 @@ def test_strict_mode_reads_the_environment(monkeypatch, value, strict):
 def test_impossible_settings_are_refused(override, message):
     with pytest.raises(ConfigError, match=message):
         train_settings("smoke", **override)
+
+
+@pytest.mark.parametrize("rank", [0, -1])
+def test_a_rank_below_one_is_refused(rank):
+    with pytest.raises(ConfigError, match="lora_rank"):
+        TrainSettings(trainable="lora", lora_rank=rank)
+
+
+@pytest.mark.parametrize("name", sorted(CHOICES))
+def test_every_choice_is_checked_in_one_place_with_one_message(name):
+    assert getattr(TrainSettings(), name) in CHOICES[name]
+    with pytest.raises(ConfigError) as refused:
+        TrainSettings(**{name: "nonsense"})
+    choices = ", ".join(CHOICES[name])
+    assert str(refused.value) == f"unknown {name} 'nonsense': choose one of {choices}"
+
+
+def test_the_command_lines_choices_and_defaults_come_from_the_settings():
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    actions = {action.dest: action for action in train._actions}
+    for name, choices in CHOICES.items():
+        if name == "loop":  # chosen by --chapter
+            continue
+        assert tuple(actions[name].choices) == choices, name
+        assert f"default: {getattr(TrainSettings(), name)}" in actions[name].help, name
+    assert "smoke: gpt2-nano" in actions["model"].help
+    assert f"smoke: {get_profile('smoke').training.lr}" in actions["lr"].help
+    assert {"num_epochs", "batch_size", "seed", "lora_rank"} <= set(actions) & set(SETTING_NAMES)

@@ -9,12 +9,6 @@ from gptclassifier.model.gpt import GPTModel, model_config
 from gptclassifier.settings import TRAINABLE_STRATEGIES
 
 
-def nano_classifier(num_classes: int = 2, seed: int = 123) -> GPTModel:
-    """Return a seeded gpt2-nano with a classification head."""
-    torch.manual_seed(seed)
-    return add_classification_head(GPTModel(model_config("gpt2-nano")), num_classes, seed)
-
-
 def names_of(*modules_with_prefixes) -> set[str]:
     """Return the full parameter names of (prefix, module) pairs, e.g. ("out_head", head)."""
     return {
@@ -54,7 +48,7 @@ def test_gpt2_small_with_a_two_class_head_has_the_books_parameter_counts(gpt2_sm
 
 
 @pytest.mark.parametrize("strategy", TRAINABLE_STRATEGIES)
-def test_each_strategy_trains_exactly_the_modules_it_names(strategy):
+def test_each_strategy_trains_exactly_the_modules_it_names(nano_classifier, strategy):
     model = set_trainable(nano_classifier(), strategy)
     expected = expected_trainable(model, strategy)
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
@@ -70,21 +64,21 @@ def test_strategies_are_the_five_the_project_documents():
     }  # fmt: skip
 
 
-def test_last_layer_trains_only_the_head_parameters():
+def test_last_layer_trains_only_the_head_parameters(nano_classifier):
     model = set_trainable(nano_classifier(num_classes=3), "last_layer")
     head_size = 48 * 3 + 3
     assert count_parameters(model)[1] == head_size
 
 
-def test_set_trainable_refreezes_after_all():
+def test_set_trainable_refreezes_after_all(nano_classifier):
     model = set_trainable(set_trainable(nano_classifier(), "all"), "last_layer")
     assert not model.tok_emb.weight.requires_grad
     assert not model.trf_blocks[-1].att.W_query.weight.requires_grad
     assert model.out_head.weight.requires_grad
 
 
-def test_head_with_the_same_seed_has_identical_weights():
-    first, second = nano_classifier(seed=1), nano_classifier(seed=1)
+def test_head_with_the_same_seed_has_identical_weights(nano_classifier):
+    first, second = nano_classifier(seed=1, head_seed=1), nano_classifier(seed=1, head_seed=1)
     torch.manual_seed(999)  # the body differs, but the head depends only on its seed
     third = add_classification_head(GPTModel(model_config("gpt2-nano")), 2, seed=1)
     for other in (second, third):
@@ -110,7 +104,7 @@ def test_adding_a_head_does_not_disturb_the_global_random_state():
     assert torch.equal(after_head, without_head)
 
 
-def test_unknown_strategy_raises_config_error_listing_the_choices():
+def test_unknown_strategy_raises_config_error_listing_the_choices(nano_classifier):
     with pytest.raises(ConfigError, match="last_few") as raised:
         set_trainable(nano_classifier(), "last_few")
     for choice in ("last_layer", "last_block", "last_two_blocks", "all"):
@@ -118,7 +112,7 @@ def test_unknown_strategy_raises_config_error_listing_the_choices():
 
 
 @pytest.mark.parametrize("strategy", ["last_layer", "last_block", "all"])
-def test_a_training_step_changes_only_the_trainable_parameters(strategy):
+def test_a_training_step_changes_only_the_trainable_parameters(nano_classifier, strategy):
     model = set_trainable(nano_classifier(), strategy)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}

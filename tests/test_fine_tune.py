@@ -6,12 +6,10 @@ import pandas as pd
 import pytest
 import torch
 
-from gptclassifier.data.sms import load_data
 from gptclassifier.evaluation.inference import classify_with_run, evaluate_run
-from gptclassifier.model.tokenizer import get_tokenizer
+from gptclassifier.fine_tune import fine_tune
 from gptclassifier.runs import load_run
 from gptclassifier.settings import train_settings
-from gptclassifier.training.fine_tune import fine_tune
 
 RUN_FILES = {
     "model.safetensors", "config.json", "metrics.json", "history.json", "data",
@@ -21,12 +19,13 @@ RUN_FILES = {
 
 
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
+def smoke_run(smoke_data, tmp_path_factory):
     """Fine-tune once in the smoke profile and return the result."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("GPTCLASSIFIER_CACHE", str(tmp_path_factory.mktemp("cache")))
         settings = train_settings("smoke")
-        data = load_data(profile="smoke", parsing=settings.parsing)
+        assert settings.parsing == "book"  # smoke_data's parsing
+        data = smoke_data
         out = tmp_path_factory.mktemp("runs") / "smoke"
         lines = []
         result = fine_tune(data, settings, out, "smoke", progress=False, log=lines.append)
@@ -42,7 +41,7 @@ def test_the_run_directory_holds_everything_promised(smoke_run):
     assert (result.run_dir / "loss.png").read_bytes().startswith(b"\x89PNG")
 
 
-def test_config_records_settings_and_provenance(smoke_run):
+def test_config_records_settings_and_provenance(smoke_run, tokenizer):
     result, _ = smoke_run
     config = json.loads((result.run_dir / "config.json").read_text())
     assert config["profile"] == "smoke"
@@ -52,7 +51,7 @@ def test_config_records_settings_and_provenance(smoke_run):
     assert config["provenance"]["weights"]["source"] == "random"
     assert config["parameters"]["trainable"] < config["parameters"]["total"]
     train = pd.read_csv(result.run_dir / "data" / "train.csv", keep_default_na=False)
-    longest = max(len(get_tokenizer().encode(text)) for text in train["Text"])
+    longest = max(len(tokenizer.encode(text)) for text in train["Text"])
     assert config["max_length"] == min(longest, config["model"]["context_length"])
 
 
@@ -93,7 +92,7 @@ class Stop(Exception):
 
 
 @pytest.mark.parametrize("loop", ["chapter", "fast"])
-def test_training_starts_from_the_seeded_global_generator(tmp_path, monkeypatch, loop):
+def test_training_starts_from_the_seeded_global_generator(smoke_data, tmp_path, monkeypatch, loop):
     # The chapter seeds the global generator right before training, and every shuffle draws
     # from it; nothing may draw in between (the cache's pass, the optimizer, a progress bar).
     seen = {}
@@ -104,33 +103,32 @@ def test_training_starts_from_the_seeded_global_generator(tmp_path, monkeypatch,
         seen["fused"] = optimizer.defaults["fused"]
         raise Stop
 
-    monkeypatch.setattr("gptclassifier.training.fine_tune.train_classifier", record)
+    monkeypatch.setattr("gptclassifier.fine_tune.train_classifier", record)
     settings = train_settings("smoke", loop=loop, seed=7)
     with pytest.raises(Stop):
-        fine_tune(load_data(profile="smoke"), settings, tmp_path / "run", "smoke", progress=False)
+        fine_tune(smoke_data, settings, tmp_path / "run", "smoke", progress=False)
     torch.manual_seed(7)
     assert torch.equal(seen["state"], torch.random.get_rng_state())
     assert seen["generator"] is None  # no private generator: the global one shuffles
     assert seen["fused"] == (loop == "fast")  # the chapter's loop keeps the chapter's AdamW
 
 
-def test_a_model_the_cache_cannot_serve_says_which_loop_runs(tmp_path):
+def test_a_model_the_cache_cannot_serve_says_which_loop_runs(smoke_data, tmp_path):
     settings = train_settings("smoke", trainable="all", num_epochs=1)
     lines = []
     fine_tune(
-        load_data(profile="smoke"), settings, tmp_path / "run", "smoke", progress=False,
+        smoke_data, settings, tmp_path / "run", "smoke", progress=False,
         log=lines.append,
     )  # fmt: skip
     assert lines[3].startswith("the chapter's loop runs every block on every step: ")
     assert not any("frozen blocks ran once" in line for line in lines)
 
 
-def test_classify_with_run_matches_the_loaded_model(smoke_run):
+def test_classify_with_run_matches_the_loaded_model(smoke_run, tokenizer):
     result, _ = smoke_run
     texts = ["Congratulations! You WON a £1000 prize, call now", "running late, see u at 7"]
     predictions = classify_with_run(result.run_dir, texts)
     model, config = load_run(result.run_dir)
-    tokenizer = get_tokenizer()
     for text, prediction in zip(texts, predictions, strict=True):
         ids = tokenizer.encode(text)
         ids += [50256] * (config["max_length"] - len(ids))
@@ -141,11 +139,14 @@ def test_classify_with_run_matches_the_loaded_model(smoke_run):
 
 
 @pytest.mark.parametrize("precision", ["float32", "bfloat16"])
-def test_the_fast_loop_repeats_exactly_with_the_same_seed_and_threads(tmp_path, precision):
+def test_the_fast_loop_repeats_exactly_with_the_same_seed_and_threads(
+    smoke_data, tmp_path, precision
+):
     settings = train_settings(
         "smoke", loop="fast", pooling="flexible", bucket=True, precision=precision, num_epochs=2
     )
-    data = load_data(profile="smoke", parsing=settings.parsing)
+    assert settings.parsing == "book"  # smoke_data's parsing
+    data = smoke_data
     threads = torch.get_num_threads()
     histories, weights = [], []
     for attempt in range(2):

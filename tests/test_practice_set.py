@@ -17,7 +17,6 @@ from gptclassifier.data.practice_set import (
     practice_file,
     write_practice_file,
 )
-from gptclassifier.model.tokenizer import get_tokenizer
 
 GPT2_CONTEXT = 1024
 REAL_SMS_FILE = os.environ.get("GPTCLASSIFIER_TEST_SMS_FILE", "")
@@ -29,8 +28,7 @@ def messages() -> list[tuple[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def token_counts(messages) -> list[int]:
-    tokenizer = get_tokenizer()
+def token_counts(messages, tokenizer) -> list[int]:
     return [len(tokenizer.encode(text)) for _, text in messages]
 
 
@@ -208,6 +206,7 @@ def test_practice_file_leaves_an_up_to_date_file_alone(monkeypatch, tmp_path):
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
 
 
+@pytest.mark.real_data
 @pytest.mark.skipif(
     not (REAL_SMS_FILE and Path(REAL_SMS_FILE).is_file()),
     reason="GPTCLASSIFIER_TEST_SMS_FILE does not name the real SMS Spam Collection file",

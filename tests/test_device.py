@@ -1,0 +1,55 @@
+"""The device and the precision a run computes in: CUDA, MPS from torch 2.9, native bfloat16."""
+
+import pytest
+import torch
+
+from gptclassifier.errors import ConfigError
+from gptclassifier.training.device import bf16_is_fast, choose_device, choose_precision
+from gptclassifier.training.runners import FrozenPrefixCache, speed_up
+
+
+@pytest.mark.skipif(
+    torch.cuda.is_available() or torch.backends.mps.is_available(),
+    reason="this machine has an accelerator",
+)
+def test_choose_device_returns_cpu_on_a_machine_without_accelerator():
+    assert choose_device() == torch.device("cpu")
+
+
+def test_choose_device_prefers_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert choose_device() == torch.device("cuda")
+
+
+@pytest.mark.parametrize(
+    ("version", "expected"),
+    [("2.8.0", "cpu"), ("2.9.0", "mps"), ("2.10.1+cpu", "mps"), ("3.0.0", "mps")],
+)
+def test_choose_device_uses_mps_only_from_torch_2_9(monkeypatch, version, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    monkeypatch.setattr(torch, "__version__", version)
+    assert choose_device() == torch.device(expected)
+
+
+def test_choose_precision(nano_classifier):
+    cpu = torch.device("cpu")
+    assert choose_precision(cpu, "float32") == "float32"
+    assert choose_precision(cpu, "bfloat16") == "bfloat16"
+    assert choose_precision(cpu, "float64") == "float64"
+    assert choose_precision(cpu, "auto") in ("float32", "bfloat16")
+    with pytest.raises(ConfigError, match="unknown precision"):
+        choose_precision(cpu, "float16x")
+    exact = nano_classifier("last_block", seed=0).double()
+    assert isinstance(speed_up(exact, "last", "float64"), FrozenPrefixCache)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_on_cuda_only_where_native(monkeypatch, native):
+    def is_bf16_supported(including_emulation=True):
+        return including_emulation or native  # every GPU emulates bfloat16
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
+    cuda = torch.device("cuda")
+    assert bf16_is_fast(cuda) is native
+    assert choose_precision(cuda, "auto") == ("bfloat16" if native else "float32")
