@@ -1,5 +1,7 @@
 """The pictures of the ideas show what the model and the batch really hold."""
 
+from pathlib import Path
+
 import matplotlib
 import pytest
 import torch
@@ -9,14 +11,16 @@ from gptclassifier.lessons.figures import (
     FROZEN_COLOUR,
     TRAINABLE_COLOUR,
     attention_weights,
+    draw_chapter_stages,
     draw_classifier,
+    draw_finetuning_kinds,
     draw_padded_batch,
     draw_pooled_attention,
     model_parts,
 )
 from gptclassifier.model.classifier import add_classification_head, set_trainable
 from gptclassifier.model.gpt import GPTModel, model_config
-from gptclassifier.model.tokenizer import PAD_TOKEN_ID
+from gptclassifier.model.tokenizer import PAD_TOKEN_ID, VOCAB_SIZE
 from gptclassifier.settings import TRAINABLE_STRATEGIES
 
 matplotlib.use("Agg")
@@ -103,3 +107,27 @@ def test_the_attention_picture_shows_the_pooled_rows(nano_classifier, tokenizer)
     assert flexible == pytest.approx(weights[len(ids) - 1].tolist())
     assert sum(flexible[len(ids) :]) == 0, "the last real token cannot see the padding"
     assert fig.axes[1].get_title().startswith(f"flexible pooling: position {len(ids) - 1}")
+
+
+def test_the_plan_shows_the_chapters_ten_steps_each_with_lessons_that_exist():
+    texts = [text.get_text() for text in draw_chapter_stages().axes[0].texts]
+    steps = [text for text in texts if text[:1].isdigit()]
+    assert [int(step.split()[0]) for step in steps] == list(range(1, 11))
+    lessons = [text.removeprefix("lesson ") for text in texts if text.startswith("lesson ")]
+    assert len(lessons) == len(steps)
+    notebooks = Path(__file__).parents[1] / "notebooks"
+    for numbers in lessons:
+        for number in numbers.split(", "):
+            assert list(notebooks.glob(f"{int(number):02d}_*.ipynb")), number
+    assert sum(text.startswith("Stage") for text in texts) == 3
+
+
+def test_the_two_kinds_of_fine_tuning_differ_in_the_output_layer():
+    instruction, classification = draw_finetuning_kinds("Call now").axes
+    assert classification.get_title().startswith("Classification fine-tuning")
+    asked, classified = (
+        " ".join(text.get_text() for text in ax.texts) for ax in (instruction, classification)
+    )
+    assert f"{VOCAB_SIZE:,} tokens" in asked and "2 classes" in classified
+    assert "'Call now'" in asked and "'Call now'" in classified
+    assert "Answer with yes" in asked and "Answer" not in classified

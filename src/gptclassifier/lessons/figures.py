@@ -1,6 +1,7 @@
 """Pictures of the chapter's ideas, drawn from the real model and the real batches."""
 
 import math
+import textwrap
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,7 +12,7 @@ from matplotlib.patches import FancyBboxPatch
 from torch import nn
 
 from gptclassifier.model.gpt import GPTModel
-from gptclassifier.model.tokenizer import PAD_TOKEN_ID
+from gptclassifier.model.tokenizer import PAD_TOKEN_ID, VOCAB_SIZE
 from gptclassifier.training.loop import evaluating
 from gptclassifier.training.pooling import pooled_positions
 
@@ -143,4 +144,77 @@ def draw_pooled_attention(
     axes[-1, 0].set_xticks(
         range(len(ids)), [repr(label)[1:-1] for label in labels], rotation=90, fontsize=8
     )
+    return fig
+
+
+# The chapter's three stages and ten steps (its figure 6.4), with the lessons that take each.
+STAGES = (
+    (
+        "Stage 1: the data",
+        (("1 Download the data", "1"), ("2 Balance and split", "1, 2"), ("3 Data loaders", "3")),
+    ),
+    (
+        "Stage 2: the model",
+        (
+            ("4 Build GPT-2", "4"),
+            ("5 Load pretrained weights", "4"),
+            ("6 New head, partial unfreezing", "5, 6"),
+            ("7 Loss and accuracy", "7"),
+        ),
+    ),
+    (
+        "Stage 3: fine-tune and use",
+        (("8 Fine-tune", "7"), ("9 Evaluate", "8"), ("10 Classify new messages", "8")),
+    ),
+)
+SPAM_EXAMPLE = "You are a winner you have been specially selected to receive $1000 cash."
+
+
+def _box(ax, x: float, y: float, width: float, text: str, colour: str, **text_options) -> None:
+    """Draw a rounded box of height 0.6 with its lower left corner at (x, y), text centred."""
+    ax.add_patch(FancyBboxPatch((x, y), width, 0.6, boxstyle="round,pad=0.02", fc=colour, ec="0.3"))
+    ax.text(x + width / 2, y + 0.3, text, ha="center", va="center", **text_options)
+
+
+def draw_chapter_stages(stages=STAGES) -> Figure:
+    """Draw the chapter's plan: three stages of steps, each with the lessons that take it."""
+    fig = Figure(figsize=(9, 3.4), layout="constrained")
+    ax = fig.add_subplot()
+    tallest = max(len(steps) for _, steps in stages)
+    for column, (stage, steps) in enumerate(stages):
+        x = column * 3.1
+        _box(ax, x, tallest, 2.9, stage, TRAINABLE_COLOUR, fontsize=10, weight="bold")
+        for row, (step, lessons) in enumerate(steps):
+            y = tallest - 1 - row
+            _box(ax, x, y, 2.9, step, FROZEN_COLOUR, fontsize=9)
+            ax.text(x + 2.85, y + 0.05, f"lesson {lessons}", ha="right", fontsize=7, color="0.3")
+        if column:
+            ax.annotate("", (x - 0.05, tallest + 0.3), (x - 0.15, tallest + 0.3),
+                        arrowprops={"arrowstyle": "->"})  # fmt: skip
+    ax.set_xlim(-0.1, len(stages) * 3.1)
+    ax.set_ylim(-0.1, tallest + 0.7)
+    ax.axis("off")
+    return fig
+
+
+def draw_finetuning_kinds(text: str = SPAM_EXAMPLE) -> Figure:
+    """Draw the two kinds of fine-tuning side by side: instruction and classification (6.1)."""
+    kinds = (
+        ("Instruction fine-tuning",
+         f"Is the following text spam? Answer with yes or no:\n'{text}'",
+         f"GPT-2, output layer: {VOCAB_SIZE:,} tokens", "'Yes.' (any task, answered in words)"),
+        ("Classification fine-tuning (this chapter)", f"'{text}'",
+         "GPT-2, output layer: 2 classes", "spam  (one task, one of its classes)"),
+    )  # fmt: skip
+    fig = Figure(figsize=(10, 3.2), layout="constrained")
+    for ax, (title, prompt, model, answer) in zip(fig.subplots(1, 2), kinds, strict=True):
+        _box(ax, 0, 2.1, 1, "\n".join(textwrap.wrap(prompt, 48)), "white", fontsize=7.5)
+        _box(ax, 0.15, 1.1, 0.7, model, FROZEN_COLOUR, fontsize=8.5)
+        _box(ax, 0.15, 0.1, 0.7, answer, TRAINABLE_COLOUR, fontsize=8.5)
+        for top in (2.1, 1.1):
+            ax.annotate("", (0.5, top - 0.35), (0.5, top), arrowprops={"arrowstyle": "->"})
+        ax.set_title(title, fontsize=10)
+        ax.set_xlim(-0.05, 1.05)
+        ax.set_ylim(0, 2.8)
+        ax.axis("off")
     return fig
