@@ -16,6 +16,7 @@ from gptclassifier.lessons.figures import (
     draw_finetuning_kinds,
     draw_padded_batch,
     draw_pooled_attention,
+    draw_prediction,
     model_parts,
 )
 from gptclassifier.model.classifier import add_classification_head, set_trainable
@@ -131,3 +132,13 @@ def test_the_two_kinds_of_fine_tuning_differ_in_the_output_layer():
     assert f"{VOCAB_SIZE:,} tokens" in asked and "2 classes" in classified
     assert "'Call now'" in asked and "'Call now'" in classified
     assert "Answer with yes" in asked and "Answer" not in classified
+
+
+def test_the_prediction_picture_shows_the_softmax_and_the_argmax_class():
+    logits = torch.tensor([0.5, -1.0])
+    raw, softmax, label = draw_prediction(logits, ("ham", "spam")).axes
+    heights = [bar.get_height() for bar in softmax.containers[0]]
+    assert heights == pytest.approx(torch.softmax(logits, dim=-1).tolist())
+    assert [bar.get_height() for bar in raw.containers[0]] == pytest.approx([0.5, -1.0])
+    assert label.texts[0].get_text().endswith("ham")
+    assert draw_prediction(-logits).axes[2].texts[0].get_text().endswith("spam")

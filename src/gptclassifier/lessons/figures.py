@@ -218,3 +218,24 @@ def draw_finetuning_kinds(text: str = SPAM_EXAMPLE) -> Figure:
         ax.set_ylim(0, 2.8)
         ax.axis("off")
     return fig
+
+
+def draw_prediction(logits: torch.Tensor, classes=("ham", "spam")) -> Figure:
+    """Draw one message's way to a label: its logits, their softmax, and the class argmax picks."""
+    logits = logits.detach().float().cpu()
+    probabilities = torch.softmax(logits, dim=-1)
+    chosen = int(probabilities.argmax())
+    colours = [
+        TRAINABLE_COLOUR if index == chosen else FROZEN_COLOUR for index in range(len(logits))
+    ]
+    fig = Figure(figsize=(8, 2.4), layout="constrained")
+    raw, softmax, label = fig.subplots(1, 3, width_ratios=(2, 2, 1))
+    for ax, values, title in ((raw, logits, "logits"), (softmax, probabilities, "softmax")):
+        ax.bar(list(classes), values.numpy(), color=colours)
+        ax.bar_label(ax.containers[0], fmt="%.3f", fontsize=8)
+        ax.axhline(0, color="0.3", linewidth=0.8)
+        ax.set_title(title, fontsize=10)
+    softmax.set_ylim(0, 1.2)
+    label.text(0.5, 0.5, f"argmax\n-> {classes[chosen]}", ha="center", va="center", fontsize=12)
+    label.axis("off")
+    return fig
