@@ -14,6 +14,7 @@ from gptclassifier.lessons.figures import (
     draw_chapter_stages,
     draw_classifier,
     draw_finetuning_kinds,
+    draw_head_swap,
     draw_padded_batch,
     draw_pooled_attention,
     draw_prediction,
@@ -142,3 +143,14 @@ def test_the_prediction_picture_shows_the_softmax_and_the_argmax_class():
     assert [bar.get_height() for bar in raw.containers[0]] == pytest.approx([0.5, -1.0])
     assert label.texts[0].get_text().endswith("ham")
     assert draw_prediction(-logits).axes[2].texts[0].get_text().endswith("spam")
+
+
+def test_the_head_swap_keeps_every_part_but_the_head():
+    with torch.device("meta"):
+        model = GPTModel(model_config("gpt2-small"))
+    texts = [text.get_text() for text in draw_head_swap(model, 3).axes[0].texts]
+    boxes = [text for text in texts if ": " in text]
+    language_model, classifier = boxes[: len(boxes) // 2], boxes[len(boxes) // 2 :]
+    assert language_model[:-1] == classifier[:-1] and len(classifier) == 16
+    assert language_model[-1] == "output head (768 -> 50257): 38,597,376"
+    assert classifier[-1] == f"output head (768 -> 3): {768 * 3 + 3:,}"

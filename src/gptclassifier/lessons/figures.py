@@ -239,3 +239,30 @@ def draw_prediction(logits: torch.Tensor, classes=("ham", "spam")) -> Figure:
     label.text(0.5, 0.5, f"argmax\n-> {classes[chosen]}", ha="center", va="center", fontsize=12)
     label.axis("off")
     return fig
+
+
+def draw_head_swap(model: GPTModel, num_classes: int = 2) -> Figure:
+    """Draw a GPT model's parts from input to output, beside the classifier that swaps its head."""
+    *body, head = model_parts(model)
+    width = model.out_head.in_features
+    new_head = f"output head ({width} -> {num_classes})"
+    columns = (
+        ("the language model", [*body, head], "0.8"),
+        ("the classifier (chapter 6)", [*body, ModelPart(new_head, (width + 1) * num_classes, 0)],
+         TRAINABLE_COLOUR),
+    )  # fmt: skip
+    fig = Figure(figsize=(9, 0.5 * len(body) + 1.6), layout="constrained")
+    ax = fig.add_subplot()
+    for column, (title, parts, head_colour) in enumerate(columns):
+        x = column * 5.2
+        for row, part in enumerate(parts):
+            colour = head_colour if part is parts[-1] else FROZEN_COLOUR
+            _box(ax, x, 0.8 * row, 4.4, f"{part.name}: {part.parameters:,}", colour, fontsize=8)
+        ax.text(x + 2.2, 0.8 * len(parts) + 0.1, title, ha="center", fontsize=10, weight="bold")
+    top = 0.8 * len(body) + 0.3
+    ax.annotate("replaced", (5.15, top), (4.45, top), ha="center", va="bottom", fontsize=8,
+                arrowprops={"arrowstyle": "->"})  # fmt: skip
+    ax.set_xlim(-0.1, 9.7)
+    ax.set_ylim(-0.2, 0.8 * len(body) + 1.4)
+    ax.axis("off")
+    return fig
