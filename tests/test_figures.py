@@ -18,6 +18,7 @@ from gptclassifier.lessons.figures import (
     draw_padded_batch,
     draw_pooled_attention,
     draw_prediction,
+    draw_training_loop,
     model_parts,
 )
 from gptclassifier.model.classifier import add_classification_head, set_trainable
@@ -154,3 +155,14 @@ def test_the_head_swap_keeps_every_part_but_the_head():
     assert language_model[:-1] == classifier[:-1] and len(classifier) == 16
     assert language_model[-1] == "output head (768 -> 50257): 38,597,376"
     assert classifier[-1] == f"output head (768 -> 3): {768 * 3 + 3:,}"
+
+
+def test_the_loop_picture_shows_the_four_steps_and_the_settings_it_is_given():
+    texts = [text.get_text() for text in draw_training_loop(3, 7, 2).axes[0].texts]
+    steps = [text for text in texts if text[:1].isdigit()]
+    assert [step.split(". ")[1] for step in steps] == [
+        "optimizer.zero_grad()", "calc_loss_batch(...)", "loss.backward()", "optimizer.step()"
+    ]  # fmt: skip
+    shown = " ".join(texts)
+    assert "for each of 3 epochs" in shown and "every 7 steps" in shown
+    assert shown.count("2 batches each") == 2

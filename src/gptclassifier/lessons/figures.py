@@ -266,3 +266,28 @@ def draw_head_swap(model: GPTModel, num_classes: int = 2) -> Figure:
     ax.set_ylim(-0.2, 0.8 * len(body) + 1.4)
     ax.axis("off")
     return fig
+
+
+def draw_training_loop(num_epochs: int = 5, eval_freq: int = 50, eval_iter: int = 5) -> Figure:
+    """Draw the chapter's training loop: four steps a batch, and when it measures its progress."""
+    steps = ("optimizer.zero_grad()", "calc_loss_batch(...)", "loss.backward()", "optimizer.step()")
+    fig = Figure(figsize=(9, 3.2), layout="constrained")
+    ax = fig.add_subplot()
+    ax.text(4.5, 2.85, f"for each of {num_epochs} epochs, for each training batch:", ha="center")
+    for index, step in enumerate(steps):
+        _box(ax, index * 2.3, 1.2, 2.0, f"{index + 1}. {step}", FROZEN_COLOUR, fontsize=8)
+        if index:
+            ax.annotate("", (index * 2.3 - 0.05, 1.5), (index * 2.3 - 0.25, 1.5),
+                        arrowprops={"arrowstyle": "->"})  # fmt: skip
+    ax.annotate("next batch", (1.0, 1.85), (7.9, 1.85), ha="center", va="bottom", fontsize=8,
+                arrowprops={"arrowstyle": "->", "connectionstyle": "arc3,rad=0.15"})  # fmt: skip
+    measures = (
+        f"every {eval_freq} steps: training and validation loss, {eval_iter} batches each",
+        f"after each epoch: training and validation accuracy, {eval_iter} batches each",
+    )
+    for column, measure in enumerate(measures):
+        _box(ax, column * 4.6, 0, 4.3, measure, TRAINABLE_COLOUR, fontsize=8)
+    ax.set_xlim(-0.1, 9.1)
+    ax.set_ylim(-0.1, 3.1)
+    ax.axis("off")
+    return fig
