@@ -34,14 +34,16 @@ class Runner(nn.Module):
 
     The contract between the ways of computing and what trains or uses a run (the loop, the
     metrics, inference): `model` is the GPTModel whose parameters train, `pooling` how each
-    message's row is chosen, and `context_length` the most tokens a message may have.
+    message's row is chosen (after the padding `pad_token_id`), and `context_length` the most
+    tokens a message may have.
     """
 
-    def __init__(self, model: GPTModel, pooling: str = "last"):
+    def __init__(self, model: GPTModel, pooling: str = "last", pad_token_id: int = PAD_TOKEN_ID):
         super().__init__()
         check_choice("pooling", pooling, POOLINGS)
         self.model = model
         self.pooling = pooling
+        self.pad_token_id = pad_token_id
 
     @property
     def context_length(self) -> int:
@@ -53,7 +55,7 @@ class PooledModel(Runner):
     """The chapter's way: the whole model runs on every position, then one row is pooled."""
 
     def forward(self, in_idx: torch.Tensor) -> torch.Tensor:
-        return pool_logits(self.model(in_idx), in_idx, self.pooling)
+        return pool_logits(self.model(in_idx), in_idx, self.pooling, self.pad_token_id)
 
 
 def classifier_logits(
@@ -147,8 +149,7 @@ class FrozenPrefixCache(Runner):
         refusal = cache_refusal(model)
         if refusal:
             raise ConfigError(f"the frozen-prefix cache cannot serve this model: {refusal}")
-        super().__init__(model, pooling)
-        self.pad_token_id = pad_token_id
+        super().__init__(model, pooling, pad_token_id)
         self.exact_padding = pooling != "flexible"
         self.num_frozen = frozen_blocks(model)
         self.frozen_weights = self._fingerprint()
@@ -321,7 +322,7 @@ class Autocast(Runner):
     """Run another runner under automatic mixed precision and return float32 logits."""
 
     def __init__(self, runner: Runner, dtype: torch.dtype = torch.bfloat16):
-        super().__init__(runner.model, runner.pooling)
+        super().__init__(runner.model, runner.pooling, runner.pad_token_id)
         self.runner = runner
         self.dtype = dtype
 
