@@ -8,6 +8,9 @@ import torch
 from matplotlib.colors import to_rgba
 
 from gptclassifier.lessons.figures import (
+    draw_frozen_prefix,
+    draw_noise_band,
+    draw_shuffle_and_cut,
     FROZEN_COLOUR,
     TRAINABLE_COLOUR,
     attention_weights,
@@ -166,3 +169,42 @@ def test_the_loop_picture_shows_the_four_steps_and_the_settings_it_is_given():
     shown = " ".join(texts)
     assert "for each of 3 epochs" in shown and "every 7 steps" in shown
     assert shown.count("2 batches each") == 2
+
+
+def test_the_split_picture_shows_each_part_and_where_it_is_cut():
+    balanced = ["ham"] * 6 + ["spam"] * 6
+    parts = (
+        ["spam", "ham", "ham", "spam", "ham", "spam", "ham"],
+        ["spam", "ham"],
+        ["spam", "ham", "spam"],
+    )
+    ax = draw_shuffle_and_cut(balanced, parts).axes[0]
+    image = ax.images[0].get_array()
+    assert image.shape[:2] == (2, 12)
+    assert (image[0, 0] == image[0, 5]).all() and not (image[0, 5] == image[0, 6]).all()
+    assert (image[1, 0] == image[0, 6]).all(), "the shuffled row starts with a spam message"
+    assert [text.get_text() for text in ax.texts] == ["training: 7", "validation: 2", "test: 3"]
+    assert [line.get_xdata()[0] for line in ax.lines] == [6.5, 8.5]
+
+
+def test_the_cache_picture_splits_the_model_where_training_starts():
+    ax = draw_frozen_prefix(classifier("gpt2-small")).axes[0]
+    texts = [text.get_text() for text in ax.texts if text.get_text()]
+    parts = texts[:-2]
+    assert len(parts) == 16 and parts[13] == "block 12" and parts[12] == "block 11"
+    assert "once per message" in texts[-2] and "every training step" in texts[-1]
+    boxes = draw_frozen_prefix(classifier("gpt2-small", "last_two_blocks")).axes[0].patches
+    colours = [to_rgba(box.get_facecolor()) for box in boxes]
+    assert colours.count(to_rgba("tab:orange")) == 4  # two blocks, the final norm, the head
+
+
+def test_the_noise_band_is_two_standard_errors_of_a_difference_and_marks_the_ties():
+    accuracies = {"chapter": 0.95, "flexible": 0.9833, "first": 0.75}
+    ax = draw_noise_band(accuracies, "chapter", 300).axes[0]
+    low, high = ax.patches[0].get_x(), ax.patches[0].get_x() + ax.patches[0].get_width()
+    assert (high - low) / 2 == pytest.approx(2 * (2 * 0.95 * 0.05 / 300) ** 0.5)
+    assert (high - low) / 2 == pytest.approx(0.0356, abs=1e-4)  # lesson 12's 3.6 points
+    colours = [tuple(colour) for colour in ax.collections[0].get_facecolors()]
+    by_name = dict(zip(["first", "chapter", "flexible"], colours, strict=True))
+    assert by_name["flexible"] == by_name["chapter"] == to_rgba("0.85")
+    assert by_name["first"] == to_rgba("tab:orange")

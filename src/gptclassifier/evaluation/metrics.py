@@ -1,5 +1,7 @@
 """How good a classifier is: confusion matrices, accuracy, precision, recall, F1, thresholds."""
 
+import math
+
 import numpy as np
 import pandas as pd
 import torch
@@ -124,3 +126,11 @@ def choose_threshold(curve: pd.DataFrame, min_precision: float) -> float:
             f"(the highest is {curve['precision'].max():.0%})"
         )
     return float(reaching.min())
+
+
+def tie_margin(accuracy: float, num_examples: int) -> float:
+    """Return the gap two accuracies on `num_examples` must pass to be more than chance.
+
+    Two standard errors of the difference of two accuracies near `accuracy`: a smaller gap is a tie.
+    """
+    return 2 * math.sqrt(2 * accuracy * (1 - accuracy) / num_examples)

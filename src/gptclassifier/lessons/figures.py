@@ -11,6 +11,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import FancyBboxPatch
 from torch import nn
 
+from gptclassifier.evaluation.metrics import tie_margin
 from gptclassifier.model.gpt import GPTModel
 from gptclassifier.model.tokenizer import PAD_TOKEN_ID, VOCAB_SIZE
 from gptclassifier.training.loop import evaluating
@@ -290,4 +291,70 @@ def draw_training_loop(num_epochs: int = 5, eval_freq: int = 50, eval_iter: int 
     ax.set_xlim(-0.1, 9.1)
     ax.set_ylim(-0.1, 3.1)
     ax.axis("off")
+    return fig
+
+
+def draw_shuffle_and_cut(balanced_labels, split_labels, classes=("ham", "spam")) -> Figure:
+    """Draw the labels of the balanced rows, then shuffled and cut into the three splits."""
+    split_labels = [list(labels) for labels in split_labels]
+    rows = [list(balanced_labels), [label for labels in split_labels for label in labels]]
+    codes = np.array([[classes.index(label) for label in row] for row in rows])
+    fig = Figure(figsize=(9, 2.2), layout="constrained")
+    ax = fig.add_subplot()
+    colours = [colormaps["tab10"](index) for index in range(len(classes))]
+    ax.imshow(np.array(colours)[codes], aspect="auto", interpolation="nearest")
+    ax.set_yticks([0, 1], ["balanced", "shuffled, cut"])
+    start = 0
+    for name, labels in zip(("training", "validation", "test"), split_labels, strict=True):
+        ax.text(start + len(labels) / 2, 1.6, f"{name}: {len(labels):,}", ha="center", va="top")
+        if start:
+            ax.plot([start - 0.5] * 2, [0.5, 1.5], color="k", linewidth=2)
+        start += len(labels)
+    ax.set_ylim(2.1, -0.5)
+    ax.set_xticks([])
+    for index, label in enumerate(classes):
+        ax.bar(0, 0, color=colours[index], label=label)  # legend entries only
+    ax.legend(loc="upper right", bbox_to_anchor=(1, 1.45), ncol=len(classes), frameon=False)
+    return fig
+
+
+def draw_frozen_prefix(model: GPTModel) -> Figure:
+    """Draw which parts run once per message (frozen, cached) and which at every training step."""
+    parts = model_parts(model)
+    first_trained = next(i for i, part in enumerate(parts) if part.trainable)
+    fig = Figure(figsize=(8, 0.4 * len(parts) + 0.8), layout="constrained")
+    ax = fig.add_subplot()
+    for row, part in enumerate(parts):
+        colour = TRAINABLE_COLOUR if row >= first_trained else FROZEN_COLOUR
+        _box(ax, 0, 0.7 * row, 3.6, part.name, colour, fontsize=8)
+    spans = (
+        (0, first_trained, "frozen: run once per message,\nits output kept (the cache)"),
+        (first_trained, len(parts), "run at every training step"),
+    )
+    for first, end, text in spans:
+        low, high = 0.7 * first + 0.05, 0.7 * end - 0.15
+        ax.annotate("", (3.8, low), (3.8, high), arrowprops={"arrowstyle": "|-|"})
+        ax.text(3.95, (low + high) / 2, text, va="center", fontsize=9)
+    ax.set_xlim(-0.1, 7)
+    ax.set_ylim(-0.2, 0.7 * len(parts) + 0.1)
+    ax.axis("off")
+    return fig
+
+
+def draw_noise_band(test_accuracies: dict, reference: str, num_examples: int) -> Figure:
+    """Draw test accuracies against a reference's, with the band inside which a gap is a tie."""
+    centre = test_accuracies[reference]
+    margin = tie_margin(centre, num_examples)
+    names = sorted(test_accuracies, key=test_accuracies.get)
+    values = [test_accuracies[name] for name in names]
+    fig = Figure(figsize=(7, 0.28 * len(names) + 1.2), layout="constrained")
+    ax = fig.add_subplot()
+    ax.axvspan(centre - margin, centre + margin, color=FROZEN_COLOUR, alpha=0.6,
+               label=f"a tie with {reference} (±{margin:.1%})")  # fmt: skip
+    tied = [abs(value - centre) <= margin for value in values]
+    ax.scatter(values, names, c=[PADDING_COLOUR if tie else TRAINABLE_COLOUR for tie in tied],
+               edgecolors="0.3", zorder=3)  # fmt: skip
+    ax.xaxis.set_major_formatter(lambda value, _: f"{value:.0%}")
+    ax.set_xlabel(f"test accuracy ({num_examples} messages)")
+    ax.legend(loc="lower right", fontsize=8)
     return fig
