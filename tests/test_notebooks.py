@@ -19,7 +19,7 @@ CHAPTER_FUNCTIONS = {
     "pooled_positions",
     "calc_loss_batch",
     "calc_accuracy_loader",
-    "train_classifier",
+    "train_classifier_simple",
     "classify_text",
 }
 
