@@ -72,7 +72,7 @@ def test_the_log_follows_the_chapter(smoke_run):
     assert lines[1].startswith("weights: random")
     assert lines[2].startswith("model: gpt2-nano, 2,503,490 parameters, 28,466 trainable")
     assert lines[3].startswith("fast loop ready in ")
-    assert lines[3].endswith("(the frozen blocks ran once over 156 messages)")
+    assert lines[3].endswith("(the frozen blocks ran once over 480 messages)")
     assert lines[4].startswith("Ep 1 (Step 000000): Train loss ")
     assert sum(line.startswith("Training accuracy: ") for line in lines) == 5
 

@@ -183,7 +183,7 @@ def smoke_training(smoke_splits, tokenizer, nano_classifier):
 
 
 def test_practice_data_has_the_expected_training_size(smoke_splits):
-    assert len(smoke_splits["train"]) == 109
+    assert len(smoke_splits["train"]) == 336  # int(0.7 * 2 * 240): 70% of the balanced messages
     assert set(smoke_splits["train"]["Label"]) == {0, 1}
 
 
@@ -196,7 +196,7 @@ def test_training_makes_the_loss_fall(smoke_training):
 def test_history_has_the_chapters_bookkeeping(smoke_training):
     history, loaders, _, _ = smoke_training
     batches = len(loaders["train"])
-    assert batches == 109 // 8
+    assert batches == 336 // 8
     steps = SMOKE["num_epochs"] * batches
     assert isinstance(history, History)
     assert history.num_epochs == 5

@@ -75,17 +75,49 @@ def test_no_lesson_redefines_what_it_imports_from_the_package(lesson):
     assert not imported & defined
 
 
+def _shown_name(node: ast.expr) -> str:
+    """Return the name a show_source argument starts with (SpamDataset for SpamDataset.__init__)."""
+    while isinstance(node, ast.Attribute):
+        node = node.value
+    return node.id
+
+
 def test_every_chapter_function_is_shown_from_the_package():
     shown = {
-        node.args[0].id
+        _shown_name(node.args[0])
         for lesson in LESSONS
         for cell in code_cells(lesson)
         for node in ast.walk(python_of(cell))
-        if isinstance(node, ast.Call)
-        and getattr(node.func, "id", None) == "show_source"
-        and isinstance(node.args[0], ast.Name)
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "show_source"
     }
     assert shown >= CHAPTER_FUNCTIONS, sorted(CHAPTER_FUNCTIONS - shown)
+
+
+def markdown_words(lesson: Path) -> list[int]:
+    """Return the number of words of each markdown cell of a lesson."""
+    cells = json.loads(lesson.read_text(encoding="utf-8"))["cells"]
+    return [
+        len(re.findall(r"\S+", "".join(cell["source"])))
+        for cell in cells
+        if cell["cell_type"] == "markdown"
+    ]
+
+
+def test_the_prose_is_lean():
+    words = {lesson.stem: markdown_words(lesson) for lesson in LESSONS}
+    assert {name: max(counts) for name, counts in words.items() if max(counts) > 200} == {}
+    assert sum(sum(counts) for counts in words.values()) <= 14_000
+
+
+@pytest.mark.parametrize("lesson", LESSONS, ids=lambda path: path.stem)
+def test_listings_are_short_and_every_lesson_but_the_exercises_draws(lesson):
+    cells = code_cells(lesson)
+    listings = [output_text(cell) for cell in cells if "show_source(" in "".join(cell["source"])]
+    assert [listing.count("\n") + 1 for listing in listings if listing.count("\n") >= 30] == []
+    figures = sum(
+        "image/png" in output.get("data", {}) for cell in cells for output in cell["outputs"]
+    )
+    assert figures >= (lesson.stem != "09_exercises")
 
 
 def test_the_courses_own_exercises_do_not_reuse_the_chapters_section_numbers():

@@ -111,9 +111,10 @@ def test_the_exact_parse_gives_back_the_messages(messages):
     assert exact_parse(practice_bytes()) == messages
 
 
-def test_well_over_nine_in_ten_texts_are_unique(messages):
+def test_most_texts_are_unique(messages):
+    # Short replies ("ok", "Night x") recur, as they do in the real file; the rest do not.
     texts = [text for _, text in messages]
-    assert len(set(texts)) >= 0.92 * len(texts)
+    assert len(set(texts)) >= 0.85 * len(texts)
 
 
 def test_some_texts_have_non_ascii_characters(messages):

@@ -108,7 +108,7 @@ PROFILES = {
     "smoke": Profile(
         "smoke",
         data="practice",
-        training=TrainSettings(model="gpt2-nano", lr=1e-3, eval_freq=5, eval_iter=2),
+        training=TrainSettings(model="gpt2-nano", lr=1e-3, eval_freq=15, eval_iter=2),
     ),
 }
 

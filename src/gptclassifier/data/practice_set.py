@@ -14,7 +14,7 @@ from pathlib import Path
 from gptclassifier.files import cache_dir, write_atomically
 
 PRACTICE_SEED = 123
-PRACTICE_SIZE = 600
+PRACTICE_SIZE = 1850
 SPAM_SHARE = 0.13
 MIN_MESSAGES = 20
 LONG_MESSAGE_CHARS = 5200  # about 1,300 GPT-2 tokens, more than its 1,024-token context
@@ -303,10 +303,15 @@ def _ham(rng: random.Random) -> str:
 
 
 def _spam(rng: random.Random) -> str:
-    """Return a spam text: a hook, a call to action and, usually, some fine print."""
-    parts = [rng.choice(SPAM_HOOKS), rng.choice(SPAM_ACTIONS)]
-    if rng.random() < 0.75:
-        parts.append(rng.choice(SPAM_FINE_PRINT))
+    """Return a spam text: a hook, often a call to action, and sometimes some fine print.
+
+    Some spam is as short as a friend's text, so that length alone does not give it away.
+    """
+    parts = [rng.choice(SPAM_HOOKS)]
+    if "{" not in parts[0] or rng.random() < 0.7:  # a hook without slots alone would repeat
+        parts.append(rng.choice(SPAM_ACTIONS))
+        if rng.random() < 0.6:
+            parts.append(rng.choice(SPAM_FINE_PRINT))
     text = _fill(rng, " ".join(parts))
     return text.upper() if rng.random() < 0.1 else text
 

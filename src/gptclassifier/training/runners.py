@@ -289,11 +289,9 @@ def block_at_positions(
 ) -> torch.Tensor:
     """Return a transformer block's output at one position per row, as (batch, emb_dim).
 
-    Equal to `block(x)[rows, positions]`. With one query per row, no keys or values are
-    computed: a key is W_k n + b_k for a position's normalized input n, so the query's score
-    q . (W_k n + b_k) is (W_k^T q) . n + q . b_k, and the weighted sum of the values is W_v
-    times the weighted sum of the inputs, plus b_v. Per position that is a dot product per
-    head instead of two emb_dim x emb_dim products.
+    Equal to `block(x)[rows, positions]`, with no keys or values: for normalized inputs n, the
+    score q . (W_k n + b_k) is (W_k^T q) . n + q . b_k, and the values' weighted sum is W_v times
+    the inputs' weighted sum, plus b_v: a dot product per head and position, not two matmuls.
     """
     att = block.att
     batch, width, _ = x.shape
