@@ -20,20 +20,34 @@ RUN_FILES = {
 
 @pytest.fixture(scope="module")
 def smoke_run(smoke_data, tmp_path_factory):
-    """Fine-tune once in the smoke profile and return the result."""
+    """Fine-tune once in the smoke profile; return the result, the log and the live updates."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("GPTCLASSIFIER_CACHE", str(tmp_path_factory.mktemp("cache")))
         settings = train_settings("smoke")
         assert settings.parsing == "book"  # smoke_data's parsing
         data = smoke_data
         out = tmp_path_factory.mktemp("runs") / "smoke"
-        lines = []
-        result = fine_tune(data, settings, out, "smoke", progress=False, log=lines.append)
-    return result, lines
+        lines, updates = [], []
+
+        def on_update(history):
+            updates.append((len(history.train_losses), len(history.train_accs)))
+
+        result = fine_tune(
+            data, settings, out, "smoke", progress=False, log=lines.append, on_update=on_update
+        )
+    return result, lines, updates
+
+
+def test_the_live_view_hears_of_every_measurement(smoke_run):
+    result, _, updates = smoke_run
+    history = result.history
+    measurements = len(history.train_losses) + len(history.train_accs)
+    assert len(updates) == measurements
+    assert updates[-1] == (len(history.train_losses), history.num_epochs)
 
 
 def test_the_run_directory_holds_everything_promised(smoke_run):
-    result, _ = smoke_run
+    result, _, _ = smoke_run
     assert {path.name for path in result.run_dir.iterdir()} == RUN_FILES
     assert {path.name for path in (result.run_dir / "data").iterdir()} == {
         "train.csv", "validation.csv", "test.csv", "dataset.json",
@@ -42,7 +56,7 @@ def test_the_run_directory_holds_everything_promised(smoke_run):
 
 
 def test_config_records_settings_and_provenance(smoke_run, tokenizer):
-    result, _ = smoke_run
+    result, _, _ = smoke_run
     config = json.loads((result.run_dir / "config.json").read_text())
     assert config["profile"] == "smoke"
     assert config["classes"] == ["ham", "spam"]
@@ -56,7 +70,7 @@ def test_config_records_settings_and_provenance(smoke_run, tokenizer):
 
 
 def test_the_model_learns_and_metrics_agree_with_a_fresh_evaluation(smoke_run):
-    result, _ = smoke_run
+    result, _, _ = smoke_run
     history = result.history
     assert history.train_losses[-1] < history.train_losses[0]
     assert result.metrics["validation"]["accuracy"] > 0.7
@@ -67,7 +81,7 @@ def test_the_model_learns_and_metrics_agree_with_a_fresh_evaluation(smoke_run):
 
 
 def test_the_log_follows_the_chapter(smoke_run):
-    _, lines = smoke_run
+    _, lines, _ = smoke_run
     assert lines[0].startswith("data: practice")
     assert lines[1].startswith("weights: random")
     assert lines[2].startswith("model: gpt2-nano, 2,503,490 parameters, 28,466 trainable")
@@ -78,7 +92,7 @@ def test_the_log_follows_the_chapter(smoke_run):
 
 
 def test_the_run_times_each_phase(smoke_run):
-    result, _ = smoke_run
+    result, _, _ = smoke_run
     seconds = result.phases.seconds
     phases = ["model", "tokenizing", "cache pass", "training", "evaluation", "saving"]
     assert list(seconds) == phases
@@ -125,7 +139,7 @@ def test_a_model_the_cache_cannot_serve_says_which_loop_runs(smoke_data, tmp_pat
 
 
 def test_classify_with_run_matches_the_loaded_model(smoke_run, tokenizer):
-    result, _ = smoke_run
+    result, _, _ = smoke_run
     texts = ["Congratulations! You WON a £1000 prize, call now", "running late, see u at 7"]
     predictions = classify_with_run(result.run_dir, texts)
     model, config = load_run(result.run_dir)

@@ -50,11 +50,13 @@ def fine_tune(
     force: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = silent,
+    on_update: Callable[[History], None] | None = None,
 ) -> RunResult:
     """Fine-tune on loaded data as chapter 6 does and save the run; `log` gets progress lines.
 
     The phases are timed by name (model, tokenizing, cache pass, training, evaluation,
-    saving), as `make bench` reports them.
+    saving), as `make bench` reports them. `on_update` gets the history after each measurement
+    (for a live view), as train_classifier passes it on.
     """
     ensure_run_dir_free(out_dir, force)  # before hours of training, not after
     phases = Phases()
@@ -70,7 +72,7 @@ def fine_tune(
         runner = classifier_runner(model, settings, precision, datasets.values())
     log(_which_loop(model, settings, phases.seconds["cache pass"], datasets))
     with phases.measure("training"):
-        history = train(runner, model, loaders, settings, device, progress, log)
+        history = train(runner, model, loaders, settings, device, progress, log, on_update)
     with phases.measure("evaluation"):
         metrics = evaluate_splits(runner, loaders, device, len(labeled.classes), settings.pooling)
     config = run_config(labeled, base, model, datasets, settings, profile, device, precision)
@@ -119,7 +121,9 @@ def log_setup(log, labeled: LabeledData, base, model, settings: TrainSettings, w
     )
 
 
-def train(runner, model, loaders: dict, settings: TrainSettings, device, progress, log) -> History:
+def train(
+    runner, model, loaders: dict, settings: TrainSettings, device, progress, log, on_update=None
+) -> History:
     """Train the runner with AdamW as the chapter does; return what the loop measured."""
     # The chapter seeds the global generator again right before training: every shuffle of
     # every pass over the loaders (evaluation passes included) draws from it from here on.
@@ -131,7 +135,7 @@ def train(runner, model, loaders: dict, settings: TrainSettings, device, progres
     return train_classifier(
         runner, loaders["train"], loaders["validation"], optimizer, device,
         settings.num_epochs, settings.eval_freq, settings.eval_iter, settings.pooling,
-        progress, log=log, ignore_index=settings.ignore_index,
+        progress, on_update, log, settings.ignore_index,
     )  # fmt: skip
 
 
