@@ -8,19 +8,19 @@ import torch
 from matplotlib.colors import to_rgba
 
 from gptclassifier.lessons.figures import (
-    draw_frozen_prefix,
-    draw_noise_band,
-    draw_shuffle_and_cut,
     FROZEN_COLOUR,
     TRAINABLE_COLOUR,
     attention_weights,
     draw_chapter_stages,
     draw_classifier,
     draw_finetuning_kinds,
+    draw_frozen_prefix,
     draw_head_swap,
+    draw_noise_band,
     draw_padded_batch,
     draw_pooled_attention,
     draw_prediction,
+    draw_shuffle_and_cut,
     draw_training_loop,
     model_parts,
 )

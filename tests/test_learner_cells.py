@@ -1,4 +1,4 @@
-"""The cells a learner writes: empty as committed, and a wrong and a right answer get their feedback.
+"""The cells a learner writes: empty as committed; a wrong and a right answer get their feedback.
 
 Each lesson runs in a kernel of its own, in the smoke profile. At each learner cell a wrong
 answer runs first, then the check; then the solution, then the check again; then the lesson
@@ -48,8 +48,7 @@ WRONG_ANSWERS = {
         "should train",
     ),
     "my_calc_accuracy_loader": (
-        "def my_calc_accuracy_loader(data_loader, model, device, num_batches=None):\n"
-        "    return 8",
+        "def my_calc_accuracy_loader(data_loader, model, device, num_batches=None):\n    return 8",
         "a number from 0 to 1",
     ),
     "my_calc_loss_batch": (
@@ -130,7 +129,10 @@ def test_a_wrong_and_a_right_answer_get_their_feedback(lesson, monkeypatch):
     monkeypatch.setenv("GPTCLASSIFIER_PROFILE", "smoke")
     notebook = nbformat.read(lesson, as_version=4)
     client = NotebookClient(
-        notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": lesson.parent}}
+        notebook,
+        timeout=600,
+        kernel_name="python3",
+        resources={"metadata": {"path": lesson.parent}},
     )
     seen = []
     with client.setup_kernel():
@@ -149,5 +151,5 @@ def test_a_wrong_and_a_right_answer_get_their_feedback(lesson, monkeypatch):
                 seen.append(name)
             if cell.cell_type == "code":
                 client.execute_cell(cell, index)
-    names = [_learner_name(cell) for cell in notebook.cells if "learner" in cell.metadata.get("tags", [])]
-    assert seen == names
+    learner = [cell for cell in notebook.cells if "learner" in cell.metadata.get("tags", [])]
+    assert seen == [_learner_name(cell) for cell in learner]
