@@ -13,6 +13,7 @@ from gptclassifier.data.splits import create_balanced_dataset  # noqa: E402
 from gptclassifier.lessons.course import (  # noqa: E402
     describe_sources,
     fine_tuned_run,
+    read_run,
     show_source,
     start_lesson,
 )
@@ -62,6 +63,17 @@ def test_fine_tuned_run_is_trained_once_and_then_reused(tmp_path):
     first = model_file.stat().st_mtime_ns
     assert fine_tuned_run("smoke", run) == run
     assert model_file.stat().st_mtime_ns == first
+
+    saved = read_run(run)  # what fine_tune returned, read back
+    assert saved.run_dir == run and saved.config["profile"] == "smoke"
+    assert (
+        saved.history.train_losses == json.loads((run / "history.json").read_text())["train_losses"]
+    )
+    assert (
+        saved.metrics["test"]["accuracy"]
+        == json.loads((run / "metrics.json").read_text())["test"]["accuracy"]
+    )
+    assert tuple(saved.history)[4] == saved.history.examples_seen > 0
 
     config = json.loads((run / "config.json").read_text())
     config["training"]["lr"] = 0.5  # a run made with other settings is not reused

@@ -185,14 +185,12 @@ def test_check_accuracy_loader(nano_classifier, smoke_loaders):
     assert "with num_batches=1 yours is" in check(every_batch).message
 
 
-def test_check_training_loop(nano_classifier, smoke_loaders):
-    model = nano_classifier("last_block")
+def test_check_training_loop(smoke_loaders):
     settings = get_profile("smoke").training
 
     def check(function):
         return exercises.check_training_loop(
             {"my_train_classifier_simple": function},
-            model,
             smoke_loaders["train"],
             smoke_loaders["validation"],
             "cpu",
@@ -230,8 +228,7 @@ def test_check_training_loop(nano_classifier, smoke_loaders):
     assert "return five values" in check(four_values).message
 
 
-def test_check_training_loop_names_the_first_list_that_differs(nano_classifier, smoke_loaders):
-    model = nano_classifier("last_block")
+def test_check_training_loop_names_the_first_list_that_differs(smoke_loaders):
     settings = get_profile("smoke").training
 
     def without_zero_grad(
@@ -255,7 +252,6 @@ def test_check_training_loop_names_the_first_list_that_differs(nano_classifier, 
 
     feedback = exercises.check_training_loop(
         {"my_train_classifier_simple": without_zero_grad},
-        model,
         smoke_loaders["train"],
         smoke_loaders["validation"],
         "cpu",

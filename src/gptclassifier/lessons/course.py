@@ -9,9 +9,11 @@ from IPython.display import Code
 
 from gptclassifier.data.sms import SMS_FILE_VARIABLE, LabeledData, load_data, sms_cache_path
 from gptclassifier.files import read_json
-from gptclassifier.fine_tune import fine_tune
+from gptclassifier.fine_tune import RunResult, fine_tune
 from gptclassifier.model.weights import HUB_CHECKPOINTS, cached_gpt2
+from gptclassifier.progress import Phases
 from gptclassifier.settings import Profile, get_profile
+from gptclassifier.training.loop import History
 
 PROFILE_PURPOSES = {
     "book": "the chapter's data, model and settings",
@@ -73,6 +75,18 @@ def fine_tuned_run(profile: str | None = None, run_dir: Path | str | None = None
     if not _is_current(run_dir / "config.json", chosen, data):
         fine_tune(data, chosen.training, run_dir, chosen.name, force=True, progress=False)
     return run_dir
+
+
+def read_run(run_dir: Path | str) -> RunResult:
+    """Return a saved run's result (history, metrics, configuration) without training again."""
+    run_dir = Path(run_dir)
+    return RunResult(
+        run_dir,
+        History(**read_json(run_dir / "history.json")),
+        read_json(run_dir / "metrics.json"),
+        read_json(run_dir / "config.json"),
+        Phases(),
+    )
 
 
 def _is_current(config_file: Path, profile: Profile, data: LabeledData) -> bool:
