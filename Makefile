@@ -70,12 +70,13 @@ test-fast: setup ## The quick subset for the edit-test loop: no slow, real-data,
 notebooks: setup ## Re-run every notebook top to bottom in the smoke profile and save its outputs
 	$(NOTEBOOK_ENV) $(BIN)/jupyter nbconvert --to notebook --execute --inplace notebooks/*.ipynb
 
-lessons: setup ## Run every lesson top to bottom in the book profile, timing each; saves nothing
-	@for lesson in $(LESSONS); do \
+lessons: setup ## Run every lesson top to bottom in the book profile; print each one's time as a table; save nothing
+	@echo "| lesson | book profile |"; echo "|---|---:|"; \
+	for lesson in $(LESSONS); do \
 		start=$$(date +%s); \
 		GPTCLASSIFIER_PROFILE=book $(BIN)/jupyter nbconvert --to notebook --execute --stdout \
 			--log-level=WARN "$$lesson" > /dev/null || exit 1; \
-		echo "$$lesson: $$(( $$(date +%s) - start )) s"; \
+		echo "| \`$$(basename "$$lesson" .ipynb)\` | $$(( $$(date +%s) - start )) s |"; \
 	done
 
 lint: setup ## Check style with ruff

@@ -9,7 +9,12 @@ from gptclassifier.data.loaders import create_data_loaders, create_datasets
 from gptclassifier.data.splits import create_balanced_dataset, random_split
 from gptclassifier.lessons import exercises
 from gptclassifier.settings import get_profile
-from gptclassifier.training.loop import calc_accuracy_loader, calc_loss_batch, train_classifier
+from gptclassifier.training.loop import (
+    calc_accuracy_loader,
+    calc_loss_batch,
+    train_classifier,
+    train_classifier_simple,
+)
 
 
 def test_feedback_reads_as_a_mark_and_a_sentence():
@@ -197,23 +202,8 @@ def test_check_training_loop(smoke_loaders):
             settings,
         )
 
-    def chapter(
-        model, train_loader, val_loader, optimizer, device, num_epochs, eval_freq, eval_iter
-    ):
-        return tuple(
-            train_classifier(
-                model,
-                train_loader,
-                val_loader,
-                optimizer,
-                device,
-                num_epochs,
-                eval_freq,
-                eval_iter,
-                progress=False,
-                log=print,
-            )
-        )
+    def chapter(*args):
+        return tuple(train_classifier_simple(*args))
 
     def silent(*args):
         return tuple(train_classifier(*args, progress=False))
@@ -231,24 +221,9 @@ def test_check_training_loop(smoke_loaders):
 def test_check_training_loop_names_the_first_list_that_differs(smoke_loaders):
     settings = get_profile("smoke").training
 
-    def without_zero_grad(
-        model, train_loader, val_loader, optimizer, device, num_epochs, eval_freq, eval_iter
-    ):
+    def without_zero_grad(model, train_loader, val_loader, optimizer, *args):
         optimizer.zero_grad = lambda set_to_none=True: None  # gradients pile up
-        return tuple(
-            train_classifier(
-                model,
-                train_loader,
-                val_loader,
-                optimizer,
-                device,
-                num_epochs,
-                eval_freq,
-                eval_iter,
-                progress=False,
-                log=print,
-            )
-        )
+        return tuple(train_classifier_simple(model, train_loader, val_loader, optimizer, *args))
 
     feedback = exercises.check_training_loop(
         {"my_train_classifier_simple": without_zero_grad},

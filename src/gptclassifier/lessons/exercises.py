@@ -14,7 +14,11 @@ from gptclassifier.evaluation.inference import classify_review
 from gptclassifier.model.classifier import add_classification_head, set_trainable
 from gptclassifier.model.gpt import GPTModel, model_config
 from gptclassifier.model.tokenizer import PAD_TOKEN_ID
-from gptclassifier.training.loop import calc_accuracy_loader, calc_loss_batch, train_classifier
+from gptclassifier.training.loop import (
+    calc_accuracy_loader,
+    calc_loss_batch,
+    train_classifier_simple,
+)
 
 MARKS = {"missing": "…", "differs": "✗", "matches": "✓"}
 
@@ -266,7 +270,7 @@ def check_training_loop(namespace: dict, train_loader, val_loader, device, setti
         return mine
     steps = FirstBatches(train_loader, 3)
     runs = []
-    for loop in (mine, _package_loop):
+    for loop in (mine, train_classifier_simple):
         printed = io.StringIO()
         # A seeded run of its own, which leaves the lesson's random draws as they were.
         with torch.random.fork_rng(devices=[]), contextlib.redirect_stdout(printed):
@@ -316,24 +320,6 @@ def _small_classifier(seed: int) -> nn.Module:
     torch.manual_seed(seed)
     model = add_classification_head(GPTModel(model_config("gpt2-nano")), 2, seed)
     return set_trainable(model, "last_block")
-
-
-def _package_loop(
-    model, train_loader, val_loader, optimizer, device, num_epochs, eval_freq, eval_iter
-):
-    """The package's loop, called the way the learner's is."""
-    return train_classifier(
-        model,
-        train_loader,
-        val_loader,
-        optimizer,
-        device,
-        num_epochs,
-        eval_freq,
-        eval_iter,
-        progress=False,
-        log=print,
-    )
 
 
 def _rounded(values) -> list[float]:
