@@ -1,13 +1,13 @@
 """Checks of the code a learner writes in the lessons, with specific and friendly feedback."""
 
 import contextlib
+import functools
 import io
 from dataclasses import dataclass
 from itertools import zip_longest
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from gptclassifier.evaluation.inference import classify_review
@@ -43,15 +43,26 @@ def _differs(message: str) -> Feedback:
     return Feedback("differs", message)
 
 
-def _written(namespace: dict, name: str):
-    """Return what the learner wrote under `name`, or a Feedback saying it is not written yet."""
-    if name not in namespace:
-        return Feedback(
-            "missing",
-            f"`{name}` is not written yet: write it in the empty cell above, "
-            "or run the solution below (click the three dots to open it).",
-        )
-    return namespace[name]
+def _checks(name: str):
+    """Make a check of what the learner wrote under `name`, called as check(namespace, ...).
+
+    The check itself gets the learner's value; when there is none, the learner hears so.
+    """
+
+    def decorate(compare):
+        @functools.wraps(compare)
+        def check(namespace: dict, *reference) -> Feedback:
+            if name not in namespace:
+                return Feedback(
+                    "missing",
+                    f"`{name}` is not written yet: write it in the empty cell above, "
+                    "or run the solution below (click the three dots to open it).",
+                )
+            return compare(namespace[name], *reference)
+
+        return check
+
+    return decorate
 
 
 def _calling(function, *args, **kwargs):
@@ -62,11 +73,9 @@ def _calling(function, *args, **kwargs):
         return _differs(f"your function raised {type(error).__name__}: {error}")
 
 
-def check_balanced(namespace: dict, expected: pd.DataFrame) -> Feedback:
+@_checks("my_balanced")
+def check_balanced(mine, expected: pd.DataFrame) -> Feedback:
     """Compare `my_balanced` with create_balanced_dataset's frame."""
-    mine = _written(namespace, "my_balanced")
-    if isinstance(mine, Feedback):
-        return mine
     if not isinstance(mine, pd.DataFrame):
         return _differs(f"`my_balanced` is a {type(mine).__name__}, not a pandas DataFrame.")
     if len(mine) != len(expected):
@@ -92,11 +101,9 @@ def check_balanced(namespace: dict, expected: pd.DataFrame) -> Feedback:
     )
 
 
-def check_split(namespace: dict, expected: tuple[pd.DataFrame, ...]) -> Feedback:
+@_checks("my_splits")
+def check_split(mine, expected: tuple[pd.DataFrame, ...]) -> Feedback:
     """Compare `my_splits` with random_split's three frames."""
-    mine = _written(namespace, "my_splits")
-    if isinstance(mine, Feedback):
-        return mine
     if not (isinstance(mine, tuple | list) and len(mine) == 3):
         return _differs("`my_splits` should hold three frames: training, validation and test.")
     sizes, wanted = [len(part) for part in mine], [len(part) for part in expected]
@@ -120,11 +127,9 @@ def check_split(namespace: dict, expected: tuple[pd.DataFrame, ...]) -> Feedback
     )
 
 
-def check_padding(namespace: dict, dataset) -> Feedback:
+@_checks("my_padded")
+def check_padding(mine, dataset) -> Feedback:
     """Compare `my_padded` with the token ids that SpamDataset padded."""
-    mine = _written(namespace, "my_padded")
-    if isinstance(mine, Feedback):
-        return mine
     expected = dataset.encoded_texts
     if len(mine) != len(expected):
         return _differs(f"`my_padded` has {len(mine)} rows; the training set has {len(expected)}.")
@@ -153,11 +158,9 @@ def check_padding(namespace: dict, dataset) -> Feedback:
     )
 
 
-def check_head(namespace: dict, model) -> Feedback:
+@_checks("my_head")
+def check_head(mine, model) -> Feedback:
     """Compare `my_head` with the classifier's new output head."""
-    mine = _written(namespace, "my_head")
-    if isinstance(mine, Feedback):
-        return mine
     head = model.out_head
     if not isinstance(mine, nn.Linear):
         return _differs(
@@ -176,11 +179,9 @@ def check_head(namespace: dict, model) -> Feedback:
     )
 
 
-def check_positions(namespace: dict, expected: torch.Tensor) -> Feedback:
+@_checks("my_positions")
+def check_positions(mine, expected: torch.Tensor) -> Feedback:
     """Compare `my_positions` with the positions of each message's last real token."""
-    mine = _written(namespace, "my_positions")
-    if isinstance(mine, Feedback):
-        return mine
     mine = torch.as_tensor(mine)
     if mine.shape != expected.shape:
         return _differs(
@@ -196,11 +197,9 @@ def check_positions(namespace: dict, expected: torch.Tensor) -> Feedback:
     )
 
 
-def check_freezing(namespace: dict, reference: nn.Module) -> Feedback:
+@_checks("my_model")
+def check_freezing(mine, reference: nn.Module) -> Feedback:
     """Compare which parameters of `my_model` train with those of the reference model."""
-    mine = _written(namespace, "my_model")
-    if isinstance(mine, Feedback):
-        return mine
     trains = {name for name, param in mine.named_parameters() if param.requires_grad}
     wanted = {name for name, param in reference.named_parameters() if param.requires_grad}
     if trains == wanted:
@@ -212,33 +211,30 @@ def check_freezing(namespace: dict, reference: nn.Module) -> Feedback:
     return _differs("of your parameters, " + " and ".join(parts) + ".")
 
 
-def check_loss_batch(namespace: dict, inputs, targets, model, device) -> Feedback:
+@_checks("my_calc_loss_batch")
+def check_loss_batch(mine, inputs, targets, model, device) -> Feedback:
     """Compare `my_calc_loss_batch` with calc_loss_batch on one batch."""
-    mine = _written(namespace, "my_calc_loss_batch")
-    if isinstance(mine, Feedback):
-        return mine
     with torch.no_grad():
         loss = _calling(mine, inputs, targets, model, device)
         if isinstance(loss, Feedback):
             return loss
         expected = calc_loss_batch(inputs, targets, model, device)
-        first = F.cross_entropy(model(inputs.to(device))[:, 0, :], targets.to(device))
     if not (isinstance(loss, torch.Tensor) and loss.numel() == 1):
         return _differs(
             f"your function returned {type(loss).__name__}; the loss is a one-number tensor."
         )
     if torch.allclose(loss.float(), expected):
         return Feedback("matches", f"loss {loss.item():.4f}, as calc_loss_batch computes it.")
+    with torch.no_grad():
+        first = calc_loss_batch(inputs, targets, model, device, pooling="first")
     if torch.allclose(loss.float(), first):
         return _differs("that is the loss of the first token: read the last, `logits[:, -1, :]`.")
     return _differs(f"your loss is {loss.item():.4f}; the chapter's is {expected.item():.4f}.")
 
 
-def check_accuracy_loader(namespace: dict, loader, model, device) -> Feedback:
+@_checks("my_calc_accuracy_loader")
+def check_accuracy_loader(mine, loader, model, device) -> Feedback:
     """Compare `my_calc_accuracy_loader` with calc_accuracy_loader, on all and on 1 batch."""
-    mine = _written(namespace, "my_calc_accuracy_loader")
-    if isinstance(mine, Feedback):
-        return mine
     for num_batches in (None, 1):
         accuracy = _calling(mine, loader, model, device, num_batches=num_batches)
         if isinstance(accuracy, Feedback):
@@ -259,15 +255,13 @@ def check_accuracy_loader(namespace: dict, loader, model, device) -> Feedback:
     )
 
 
-def check_training_loop(namespace: dict, train_loader, val_loader, device, settings) -> Feedback:
+@_checks("my_train_classifier_simple")
+def check_training_loop(mine, train_loader, val_loader, device, settings) -> Feedback:
     """Run `my_train_classifier_simple` and the package's loop for a few steps and compare them.
 
     Both train the same small seeded classifier (gpt2-nano, its last block trainable), so that
     the check takes seconds whatever the lesson's model.
     """
-    mine = _written(namespace, "my_train_classifier_simple")
-    if isinstance(mine, Feedback):
-        return mine
     steps = FirstBatches(train_loader, 3)
     runs = []
     for loop in (mine, train_classifier_simple):
@@ -326,11 +320,9 @@ def _rounded(values) -> list[float]:
     return [round(value, 4) for value in values]
 
 
-def check_classify_review(namespace: dict, texts, model, tokenizer, device, max_length) -> Feedback:
+@_checks("my_classify_review")
+def check_classify_review(mine, texts, model, tokenizer, device, max_length) -> Feedback:
     """Compare `my_classify_review` with the package's classify_review on a few messages."""
-    mine = _written(namespace, "my_classify_review")
-    if isinstance(mine, Feedback):
-        return mine
     for text in texts:
         label = _calling(mine, text, model, tokenizer, device, max_length=max_length)
         if isinstance(label, Feedback):

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from matplotlib import colormaps
 from matplotlib.figure import Figure
-from matplotlib.patches import FancyBboxPatch
+from matplotlib.patches import FancyBboxPatch, Patch
 from torch import nn
 
 from gptclassifier.evaluation.metrics import tie_margin
@@ -312,9 +312,11 @@ def draw_shuffle_and_cut(balanced_labels, split_labels, classes=("ham", "spam"))
         start += len(labels)
     ax.set_ylim(2.1, -0.5)
     ax.set_xticks([])
-    for index, label in enumerate(classes):
-        ax.bar(0, 0, color=colours[index], label=label)  # legend entries only
-    ax.legend(loc="upper right", bbox_to_anchor=(1, 1.45), ncol=len(classes), frameon=False)
+    handles = [
+        Patch(color=colour, label=label) for colour, label in zip(colours, classes, strict=True)
+    ]
+    ax.legend(handles=handles, loc="upper right", bbox_to_anchor=(1, 1.45), ncol=len(classes),
+              frameon=False)  # fmt: skip
     return fig
 
 
