@@ -4,6 +4,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from tqdm.auto import tqdm
+
 
 class Phases:
     """Seconds spent in each named phase, in the order the phases first ran."""
@@ -27,3 +29,9 @@ class Phases:
 
 def silent(line: str) -> None:
     """Take a log line and show it nowhere: the log of a job that is asked for none."""
+
+
+def progress_bar(total: int, desc: str, enabled: bool = True, unit: str = "it") -> tqdm:
+    """Return a bar that counts to `total`: off when not `enabled` or not on a terminal."""
+    # disable=None is tqdm's own test: no bar when standard error is not a terminal (a log, CI).
+    return tqdm(total=total, desc=desc, unit=unit, disable=None if enabled else True, leave=False)

@@ -8,9 +8,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
-from gptclassifier.progress import silent
+from gptclassifier.progress import progress_bar, silent
 from gptclassifier.training.runners import classifier_logits
 
 IGNORE_NONE = -100  # cross_entropy's default ignore_index: no class is skipped
@@ -129,9 +128,7 @@ def train_classifier(
         model.train()
         # A bar that counts, not one that wraps the loader: tqdm.auto's wrapper starts an extra
         # pass over what it wraps, which would draw a shuffle that the chapter never draws.
-        bar = tqdm(
-            total=len(train_loader), desc=f"epoch {epoch + 1}/{num_epochs}", disable=not progress
-        )
+        bar = progress_bar(len(train_loader), f"epoch {epoch + 1}/{num_epochs}", progress)
         for input_batch, target_batch in train_loader:
             optimizer.zero_grad()
             loss = calc_loss_batch(input_batch, target_batch, model, device, pooling, ignore_index)
