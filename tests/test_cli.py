@@ -1,5 +1,6 @@
 """The command line: each subcommand, its messages, and its exit status on user mistakes."""
 
+import csv
 import io
 import json
 import re
@@ -172,6 +173,18 @@ def test_train_writes_the_model_and_metrics_of_every_split(trained_run):
     assert set(metrics) == {"train", "validation", "test"}
 
 
+def test_quiet_training_prints_the_result_only_and_no_bar_off_a_terminal(tmp_path, capsys):
+    args = ["train", "--profile", "smoke", "--epochs", "1", "--out"]
+    assert main([*args, str(tmp_path / "loud")]) == 0
+    loud = capsys.readouterr()
+    assert "data: practice" in loud.out and "Ep 1 (Step 000000)" in loud.out
+    assert "\r" not in loud.err + loud.out, "no progress bar when the output is not a terminal"
+    assert main([*args, str(tmp_path / "quiet"), "-q"]) == 0
+    quiet = capsys.readouterr().out
+    assert "data:" not in quiet and "Ep 1" not in quiet
+    assert "Test accuracy:" in quiet
+
+
 def test_train_refuses_to_overwrite_without_force(trained_run, capsys):
     before = (trained_run / "model.safetensors").stat().st_mtime_ns
     assert main(["train", "--profile", "smoke", "--out", str(trained_run)]) == 2
@@ -220,17 +233,101 @@ def test_evaluate_prints_the_metrics_of_a_split(trained_run, capsys):
     assert f"accuracy: {metrics['accuracy']:.2%}" in printed
 
 
-def test_classify_prints_label_probability_and_text(trained_run, capsys, monkeypatch):
-    texts = ["WIN a prize now!", "see you at 7 😊"]
-    assert main(["classify", "--model", str(trained_run), *texts]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    assert [line.split("\t")[2] for line in lines] == texts
-    assert all(line.split("\t")[0] in ("ham", "spam") for line in lines)
-    assert all(0.5 <= float(line.split("\t")[1]) <= 1 for line in lines)
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_evaluate_json_is_what_metrics_json_holds(trained_run, capsys, split):
+    assert main(["evaluate", "--model", str(trained_run), "--split", split, "--json", "-q"]) == 0
+    metrics = json.loads((trained_run / "metrics.json").read_text())[split]
+    assert json.loads(capsys.readouterr().out) == metrics
 
-    monkeypatch.setattr("sys.stdin", io.StringIO("WIN a prize now!\n\nsee you at 7 😊\n"))
+
+def classified(trained_run, capsys, *options) -> list[dict]:
+    """Return `classify`'s TSV rows for MESSAGES as dicts, with the probabilities as floats."""
+    assert main(["classify", "--model", str(trained_run), *MESSAGES, *options]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out), delimiter="\t"))
+    return [row | {name: float(row[name]) for name in ("P(ham)", "P(spam)")} for row in rows]
+
+
+MESSAGES = ["WIN a prize now!", "see you at 7 😊", 'a "quoted"\ttab']
+
+
+def test_classify_prints_a_header_every_probability_and_the_text(trained_run, capsys):
+    rows = classified(trained_run, capsys)
+    assert [row["text"] for row in rows] == MESSAGES
+    for row in rows:
+        assert row["P(ham)"] + row["P(spam)"] == pytest.approx(1, abs=2e-6)
+        assert row["label"] == max(("ham", "spam"), key=lambda name: row[f"P({name})"])
+
+
+def test_classify_reads_stdin_and_skips_blank_lines(trained_run, capsys, monkeypatch):
+    expected = classified(trained_run, capsys)
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n".join([MESSAGES[0], "", *MESSAGES[1:]])))
     assert main(["classify", "--model", str(trained_run), "-"]) == 0
-    assert capsys.readouterr().out.splitlines() == lines
+    out = capsys.readouterr().out
+    assert list(csv.DictReader(io.StringIO(out), delimiter="\t"))[2]["text"] == MESSAGES[2]
+    assert len(out.splitlines()) == 1 + len(expected)
+
+
+def test_classify_jsonl_has_the_same_numbers_as_tsv(trained_run, capsys):
+    rows = classified(trained_run, capsys)
+    assert main(["classify", "--model", str(trained_run), *MESSAGES, "--format", "jsonl"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["text"] for line in lines] == MESSAGES
+    for line, row in zip(lines, rows, strict=True):
+        assert line["label"] == row["label"]
+        assert line["probabilities"]["spam"] == pytest.approx(row["P(spam)"], abs=1e-6)
+
+
+def test_classify_threshold_calls_spam_from_the_spam_probability(trained_run, capsys):
+    rows = classified(trained_run, capsys)
+    spam = sorted(row["P(spam)"] for row in rows)
+    threshold = (spam[0] + spam[1]) / 2  # between the two least spammy messages
+    relabelled = classified(trained_run, capsys, "--threshold", str(threshold))
+    assert [row["label"] for row in relabelled] == [
+        "spam" if row["P(spam)"] >= threshold else "ham" for row in rows
+    ]
+    assert sum(row["label"] == "spam" for row in relabelled) == len(rows) - 1
+
+
+@pytest.mark.parametrize("value", ["0", "1", "1.5", "x"])
+def test_classify_refuses_a_threshold_outside_0_to_1(trained_run, capsys, value):
+    with pytest.raises(SystemExit) as exit:
+        main(["classify", "--model", str(trained_run), "hi", "--threshold", value])
+    assert exit.value.code == 2
+    assert f"a probability between 0 and 1, not '{value}'" in capsys.readouterr().err
+
+
+def test_a_device_this_machine_lacks_is_refused_in_one_line(trained_run, capsys, monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert main(["classify", "--model", str(trained_run), "hi", "--device", "cuda"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gptclassifier: error: --device cuda: this machine has no cuda")
+
+
+@pytest.mark.parametrize(
+    "command", ["prepare", "train", "experiments", "evaluate", "classify", "export"]
+)
+def test_every_command_has_a_description_examples_and_quiet(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    shown = capsys.readouterr().out
+    assert "-q, --quiet" in shown
+    examples = shown.split("examples:\n", 1)[1].splitlines()
+    assert examples and all(
+        line.startswith(f"  gptclassifier {command}") or "| gptclassifier" in line
+        for line in examples
+    )
+
+
+@pytest.mark.parametrize(("profile", "lr"), [("book", "5e-05"), ("smoke", "0.001")])
+def test_help_shows_the_chosen_profiles_defaults(capsys, monkeypatch, profile, lr):
+    monkeypatch.delenv("GPTCLASSIFIER_PROFILE", raising=False)
+    with pytest.raises(SystemExit):
+        main(["train", "--profile", profile, "--help"])
+    assert f"(default: {lr}, {profile} profile)" in " ".join(capsys.readouterr().out.split())
+    monkeypatch.setenv("GPTCLASSIFIER_PROFILE", profile)
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert f"(default: {lr}, {profile} profile)" in " ".join(capsys.readouterr().out.split())
 
 
 @pytest.mark.parametrize(

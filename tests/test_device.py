@@ -32,6 +32,21 @@ def test_choose_device_uses_mps_only_from_torch_2_9(monkeypatch, version, expect
     assert choose_device() == torch.device(expected)
 
 
+def test_a_requested_device_is_used_when_present(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert choose_device("cpu") == torch.device("cpu")
+    assert choose_device("cuda") == torch.device("cuda")
+
+
+def test_a_requested_device_that_is_missing_is_refused_by_name(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match=r"--device cuda: this machine has no cuda \(cpu only\)"):
+        choose_device("cuda")
+    with pytest.raises(ConfigError, match="unknown device 'tpu'"):
+        choose_device("tpu")
+
+
 def test_choose_precision(nano_classifier):
     cpu = torch.device("cpu")
     assert choose_precision(cpu, "float32") == "float32"

@@ -18,7 +18,7 @@ from gptclassifier.model.classifier import adapt_for_classification, count_param
 from gptclassifier.model.tokenizer import get_tokenizer
 from gptclassifier.model.weights import load_base_model
 from gptclassifier.plots import plot_confusion_matrix, plot_values, save_figure
-from gptclassifier.progress import Phases, silent
+from gptclassifier.progress import Phases, progress_bar, silent, ticking
 from gptclassifier.runs import ensure_run_dir_free, run_writer, save_model
 from gptclassifier.settings import TrainSettings, get_profile
 from gptclassifier.training.device import (
@@ -51,17 +51,19 @@ def fine_tune(
     progress: bool = True,
     log: Callable[[str], None] = silent,
     on_update: Callable[[History], None] | None = None,
+    device: str = "auto",
 ) -> RunResult:
     """Fine-tune on loaded data as chapter 6 does and save the run; `log` gets progress lines.
 
     The phases are timed by name (model, tokenizing, cache pass, training, evaluation,
-    saving), as `make bench` reports them. `on_update` gets the history after each measurement
-    (for a live view), as train_classifier passes it on.
+    saving), as `make bench` reports them; `progress` shows a bar for each long one.
+    `on_update` gets the history after each measurement (for a live view), as
+    train_classifier passes it on. `device`: auto, cpu, cuda or mps.
     """
     ensure_run_dir_free(out_dir, force)  # before hours of training, not after
     phases = Phases()
     splits = split_for_training(labeled, settings)
-    device = choose_device()
+    device = choose_device(device)
     precision = choose_precision(device, settings.precision)
     with phases.measure("model"):
         base, model = build_classifier(settings, len(labeled.classes), device, precision)
@@ -69,12 +71,14 @@ def fine_tune(
         datasets, loaders = tokenize_splits(splits, settings, base.config["context_length"])
     log_setup(log, labeled, base, model, settings, f"{precision} on {device}")
     with phases.measure("cache pass"):
-        runner = classifier_runner(model, settings, precision, datasets.values())
+        runner = classifier_runner(model, settings, precision, datasets.values(), progress)
     log(_which_loop(model, settings, phases.seconds["cache pass"], datasets))
     with phases.measure("training"):
         history = train(runner, model, loaders, settings, device, progress, log, on_update)
     with phases.measure("evaluation"):
-        metrics = evaluate_splits(runner, loaders, device, len(labeled.classes), settings.pooling)
+        metrics = evaluate_splits(
+            runner, loaders, device, len(labeled.classes), settings.pooling, progress
+        )
     config = run_config(labeled, base, model, datasets, settings, profile, device, precision)
     with phases.measure("saving"):
         save_run(out_dir, force, model, config, metrics, history, splits, labeled, settings)
@@ -139,14 +143,18 @@ def train(
     )  # fmt: skip
 
 
-def evaluate_splits(runner, loaders: dict, device, num_classes: int, pooling: str) -> dict:
+def evaluate_splits(
+    runner, loaders: dict, device, num_classes: int, pooling: str, progress=False
+) -> dict:
     """Return the metrics of every split, over every message."""
-    return {
-        name: classification_metrics(
-            confusion_matrix(runner, loaders[name], device, num_classes, pooling)
-        )
-        for name in SPLIT_NAMES
-    }
+    batches = sum(len(loaders[name]) for name in SPLIT_NAMES)
+    with progress_bar(batches, "evaluating every split", progress, "batch") as bar:
+        return {
+            name: classification_metrics(
+                confusion_matrix(runner, ticking(loaders[name], bar), device, num_classes, pooling)
+            )
+            for name in SPLIT_NAMES
+        }
 
 
 def run_config(labeled, base, model, datasets, settings, profile, device, precision) -> dict:

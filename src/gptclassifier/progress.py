@@ -1,7 +1,7 @@
 """What a long job reports as it goes: the seconds of each phase, and lines for a log."""
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 from tqdm.auto import tqdm
@@ -35,3 +35,10 @@ def progress_bar(total: int, desc: str, enabled: bool = True, unit: str = "it") 
     """Return a bar that counts to `total`: off when not `enabled` or not on a terminal."""
     # disable=None is tqdm's own test: no bar when standard error is not a terminal (a log, CI).
     return tqdm(total=total, desc=desc, unit=unit, disable=None if enabled else True, leave=False)
+
+
+def ticking(items: Iterable, bar: tqdm) -> Iterator:
+    """Yield each item, then move `bar` one step: a loader counted without being wrapped."""
+    for item in items:
+        yield item
+        bar.update()

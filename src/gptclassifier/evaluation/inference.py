@@ -17,6 +17,7 @@ from gptclassifier.evaluation.metrics import (
     confusion_matrix,
 )
 from gptclassifier.model.tokenizer import PAD_TOKEN_ID, get_tokenizer
+from gptclassifier.progress import progress_bar, ticking
 from gptclassifier.runs import load_run, run_settings
 from gptclassifier.training.device import choose_device
 from gptclassifier.training.loop import evaluating
@@ -31,7 +32,7 @@ class Prediction:
     probability: float
 
 
-def classify_texts(
+def text_probabilities(
     texts: Sequence[str],
     model,
     tokenizer,
@@ -39,10 +40,9 @@ def classify_texts(
     max_length: int | None = None,
     pad_token_id: int = PAD_TOKEN_ID,
     pooling: str = "last",
-    classes: Sequence[str] = ("ham", "spam"),
     batch_size: int = 32,
-) -> list[Prediction]:
-    """Classify new messages, prepared the way the training messages were.
+) -> torch.Tensor:
+    """Return new messages' class probabilities, a row each, prepared as training messages were.
 
     With `last` or `first` pooling each message is padded to `max_length` like the training
     set; `flexible` pooling needs no padding beyond the longest message of the batch.
@@ -56,27 +56,46 @@ def classify_texts(
         ids = tokenizer.encode(text, disallowed_special=())
         if len(ids) > limit:
             warnings.warn(
-                f"a message of {len(ids)} tokens is cut to the first {limit}", stacklevel=2
+                f"a message of {len(ids)} tokens is cut to the first {limit}", stacklevel=3
             )
         encoded.append(ids[:limit])
+    if not encoded:
+        raise DataError("no messages to classify")
     trimmed = pooling == "flexible" or max_length is None
     order = list(range(len(encoded)))
     if trimmed:  # each batch is padded to its longest message: batch similar lengths together
         order.sort(key=lambda i: len(encoded[i]))
-    predictions: list[Prediction | None] = [None] * len(encoded)
+    rows = []
     for start in range(0, len(encoded), batch_size):
-        rows = order[start : start + batch_size]
-        chunk = [encoded[i] for i in rows]
+        chunk = [encoded[i] for i in order[start : start + batch_size]]
         length = max(map(len, chunk)) if trimmed else limit
         batch = torch.tensor([ids + [pad_token_id] * (length - len(ids)) for ids in chunk])
         with evaluating(model):
             logits = classifier_logits(model, batch.to(device), pooling, pad_token_id)
-        probabilities = torch.softmax(logits.float(), dim=-1).cpu()
-        for offset, index in enumerate(probabilities.argmax(dim=-1).tolist()):
-            predictions[rows[offset]] = Prediction(
-                classes[index], probabilities[offset, index].item()
-            )
-    return predictions
+        rows.append(torch.softmax(logits.float(), dim=-1).cpu())
+    probabilities = torch.empty(len(encoded), rows[0].shape[1])
+    probabilities[order] = torch.cat(rows)  # back in the order the messages came
+    return probabilities
+
+
+def classify_texts(
+    texts: Sequence[str],
+    model,
+    tokenizer,
+    device,
+    classes: Sequence[str] = ("ham", "spam"),
+    **options,
+) -> list[Prediction]:
+    """Classify new messages: each one's likeliest class; options as for text_probabilities."""
+    return predictions_of(text_probabilities(texts, model, tokenizer, device, **options), classes)
+
+
+def predictions_of(probabilities: torch.Tensor, classes: Sequence[str]) -> list[Prediction]:
+    """Return each row's likeliest class and its probability."""
+    return [
+        Prediction(classes[index], row[index].item())
+        for row, index in zip(probabilities, probabilities.argmax(dim=-1).tolist(), strict=True)
+    ]
 
 
 def classify_text(text: str, model, tokenizer, device, **options) -> Prediction:
@@ -87,21 +106,21 @@ def classify_text(text: str, model, tokenizer, device, **options) -> Prediction:
 classify_review = classify_text  # the name section 6.8 of the book gives it
 
 
-def load_classifier(run_dir: Path) -> tuple[nn.Module, dict, torch.device]:
+def load_classifier(run_dir: Path, device: str = "auto") -> tuple[nn.Module, dict, torch.device]:
     """Return a saved run's model wrapped as its training computed, its configuration, device."""
-    device = choose_device()
+    device = choose_device(device)
     model, config = load_run(run_dir, device)
     return classifier_runner(model, run_settings(config), config["precision"]), config, device
 
 
-def _load_on_split(run_dir: Path, split: str):
+def _load_on_split(run_dir: Path, split: str, device: str, progress: bool):
     """Return a run's model wrapped as training computed, on a split it has already seen.
 
     Also returns the configuration, the device, the split's frame and a loader batched as
     training evaluated. The frozen blocks run over the split ahead, in batches of similar
     length, as training's cache did.
     """
-    device = choose_device()
+    device = choose_device(device)
     model, config = load_run(run_dir, device)
     split_file = Path(run_dir) / "data" / f"{split}.csv"
     if not split_file.is_file():
@@ -110,23 +129,28 @@ def _load_on_split(run_dir: Path, split: str):
     dataset = SpamDataset(frame, get_tokenizer(), config["max_length"])
     settings = run_settings(config)
     loader = evaluation_loader(dataset, settings.batch_size, settings.trims_padding)
-    runner = classifier_runner(model, settings, config["precision"], [dataset])
+    runner = classifier_runner(model, settings, config["precision"], [dataset], progress)
     return runner, config, device, frame, loader
 
 
-def evaluate_run(run_dir: Path, split: str = "test") -> dict:
+def evaluate_run(
+    run_dir: Path, split: str = "test", device: str = "auto", progress: bool = False
+) -> dict:
     """Return the metrics of a saved run on one of its splits, computed as training did."""
-    runner, config, device, _, loader = _load_on_split(run_dir, split)
-    counts = confusion_matrix(runner, loader, device, len(config["classes"]), config["pooling"])
+    runner, config, device, _, loader = _load_on_split(run_dir, split, device, progress)
+    with progress_bar(len(loader), f"evaluating {split}", progress, "batch") as bar:
+        counts = confusion_matrix(
+            runner, ticking(loader, bar), device, len(config["classes"]), config["pooling"]
+        )
     return classification_metrics(counts)
 
 
-def split_predictions(run_dir: Path, split: str = "test") -> pd.DataFrame:
+def split_predictions(run_dir: Path, split: str = "test", device: str = "auto") -> pd.DataFrame:
     """Return a run's split: text, true and predicted label, and P(class) of every class.
 
     The probabilities are computed as training computed them (see load_classifier).
     """
-    runner, config, device, frame, loader = _load_on_split(run_dir, split)
+    runner, config, device, frame, loader = _load_on_split(run_dir, split, device, False)
     probabilities, targets = class_probabilities(runner, loader, device, config["pooling"])
     classes = config["classes"]
     table = pd.DataFrame(
@@ -141,15 +165,21 @@ def split_predictions(run_dir: Path, split: str = "test") -> pd.DataFrame:
     return table
 
 
-def classify_with_run(run_dir: Path, texts: Sequence[str]) -> list[Prediction]:
+def probabilities_with_run(
+    run_dir: Path, texts: Sequence[str], device: str = "auto"
+) -> tuple[list[str], torch.Tensor]:
+    """Return a saved run's classes and new messages' probabilities, computed as it trained."""
+    runner, config, device = load_classifier(run_dir, device)
+    probabilities = text_probabilities(
+        texts, runner, get_tokenizer(), device,
+        max_length=config["max_length"], pooling=config["pooling"],
+    )  # fmt: skip
+    return config["classes"], probabilities
+
+
+def classify_with_run(
+    run_dir: Path, texts: Sequence[str], device: str = "auto"
+) -> list[Prediction]:
     """Classify new messages with a saved run, prepared and computed as its training was."""
-    runner, config, device = load_classifier(run_dir)
-    return classify_texts(
-        texts,
-        runner,
-        get_tokenizer(),
-        device,
-        max_length=config["max_length"],
-        pooling=config["pooling"],
-        classes=config["classes"],
-    )
+    classes, probabilities = probabilities_with_run(run_dir, texts, device)
+    return predictions_of(probabilities, classes)

@@ -6,18 +6,31 @@ from pathlib import Path
 import torch
 from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
-from gptclassifier.errors import check_choice
+from gptclassifier.errors import ConfigError, check_choice
 from gptclassifier.settings import PRECISIONS
 
+DEVICES = ("auto", "cpu", "cuda", "mps")
 
-def choose_device() -> torch.device:
-    """Return CUDA if present, else Apple's MPS (on torch 2.9 or newer), else the CPU."""
-    if torch.cuda.is_available():
-        return torch.device("cuda")
+
+def choose_device(requested: str = "auto") -> torch.device:
+    """Return the requested device; `auto`: CUDA if present, else MPS (torch 2.9+), else the CPU.
+
+    A requested device that this machine lacks is refused, never silently replaced.
+    """
+    check_choice("device", requested, DEVICES)
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": _has_mps()}
+    if requested == "auto":
+        return torch.device(next(name for name in ("cuda", "mps", "cpu") if available[name]))
+    if not available[requested]:
+        found = ", ".join(name for name, present in available.items() if present)
+        raise ConfigError(f"--device {requested}: this machine has no {requested} ({found} only)")
+    return torch.device(requested)
+
+
+def _has_mps() -> bool:
+    """Return whether Apple's MPS can train here: torch 2.9 or newer, on a Mac that has it."""
     major, minor = (int(part) for part in torch.__version__.split("+")[0].split(".")[:2])
-    if (major, minor) >= (2, 9) and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+    return (major, minor) >= (2, 9) and torch.backends.mps.is_available()
 
 
 def bf16_is_fast(device: torch.device) -> bool:

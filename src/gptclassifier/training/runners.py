@@ -16,6 +16,7 @@ from gptclassifier.errors import ConfigError, check_choice
 from gptclassifier.model.classifier import has_causal_mask
 from gptclassifier.model.gpt import GPTModel, TransformerBlock
 from gptclassifier.model.tokenizer import PAD_TOKEN_ID
+from gptclassifier.progress import progress_bar
 from gptclassifier.settings import POOLINGS, TrainSettings
 from gptclassifier.training.pooling import pool_logits, pooled_positions
 
@@ -181,7 +182,9 @@ class FrozenPrefixCache(Runner):
                 pooled = x[torch.arange(len(x), device=x.device), positions]
             return self.model.out_head(self.model.final_norm(pooled))
 
-    def fill(self, *row_sets: torch.Tensor, tokens_per_batch: int | None = None) -> None:
+    def fill(
+        self, *row_sets: torch.Tensor, tokens_per_batch: int | None = None, progress=False
+    ) -> None:
         """Compute the states of many messages ahead, in batches of similar length.
 
         The longest messages go first, so the memory a batch needs only shrinks; each batch
@@ -191,16 +194,19 @@ class FrozenPrefixCache(Runner):
         self._check_fresh()
         tokens_per_batch = tokens_per_batch or self._tokens_per_batch()
         self._place(sum(self._bytes_for(rows) for rows in row_sets))
-        for rows in row_sets:
-            rows = rows.cpu()
-            lengths = (rows != self.pad_token_id).sum(dim=1).clamp(min=1)
-            order = lengths.argsort(descending=True, stable=True).tolist()
-            start = 0
-            while start < len(order):
-                width = rows.shape[1] if self.exact_padding else int(lengths[order[start]])
-                chunk = order[start : start + max(1, tokens_per_batch // width)]
-                self._cache_missing(rows[chunk, :width].to(self.device))
-                start += len(chunk)
+        total = sum(len(rows) for rows in row_sets)
+        with progress_bar(total, "frozen blocks, once", progress, "message") as bar:
+            for rows in row_sets:
+                rows = rows.cpu()
+                lengths = (rows != self.pad_token_id).sum(dim=1).clamp(min=1)
+                order = lengths.argsort(descending=True, stable=True).tolist()
+                start = 0
+                while start < len(order):
+                    width = rows.shape[1] if self.exact_padding else int(lengths[order[start]])
+                    chunk = order[start : start + max(1, tokens_per_batch // width)]
+                    self._cache_missing(rows[chunk, :width].to(self.device))
+                    start += len(chunk)
+                    bar.update(len(chunk))
 
     def _tokens_per_batch(self) -> int:
         """Return the fastest measured tokens per batch for this padding and autocast precision."""
@@ -329,18 +335,21 @@ class Autocast(Runner):
             return self.runner(in_idx).float()
 
 
-def speed_up(model: GPTModel, pooling: str, precision="float32", compile=False, datasets=()):
+def speed_up(
+    model: GPTModel, pooling: str, precision="float32", compile=False, datasets=(), progress=False
+):
     """Return the fastest runner of a model whose results are the ones meant.
 
     The frozen-prefix cache, where `cache_refusal` allows it, is filled ahead with the
-    messages of `datasets`; else the whole model runs (PooledModel). Its parameters are the
-    original model's.
+    messages of `datasets` (with a progress bar if `progress`); else the whole model runs
+    (PooledModel). Its parameters are the original model's.
     """
     runner: Runner
     if cache_refusal(model) is None:
         runner = FrozenPrefixCache(model, pooling)
+        rows = [torch.tensor(dataset.encoded_texts) for dataset in datasets]
         with torch.autocast(runner.device.type, torch.bfloat16, enabled=precision == "bfloat16"):
-            runner.fill(*(torch.tensor(dataset.encoded_texts) for dataset in datasets))
+            runner.fill(*rows, progress=progress)
     else:
         runner = PooledModel(model, pooling)
     if precision == "bfloat16":
@@ -351,13 +360,13 @@ def speed_up(model: GPTModel, pooling: str, precision="float32", compile=False, 
 
 
 def classifier_runner(
-    model: GPTModel, settings: TrainSettings, precision: str, datasets=()
+    model: GPTModel, settings: TrainSettings, precision: str, datasets=(), progress=False
 ) -> Runner:
     """Return the runner a run computes with: the loop's way and the precision it chose.
 
     `precision` is the resolved one (never `auto`); `datasets` fill the fast loop's cache ahead.
     """
     if settings.loop == "fast":
-        return speed_up(model, settings.pooling, precision, settings.compile, datasets)
+        return speed_up(model, settings.pooling, precision, settings.compile, datasets, progress)
     runner = PooledModel(model, settings.pooling)
     return Autocast(runner) if precision == "bfloat16" else runner
