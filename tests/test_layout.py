@@ -1,4 +1,4 @@
-"""The package's parts import only the parts below them, as the README's layout draws them."""
+"""The package's parts import only the parts below them, as docs/layout.md draws them."""
 
 import ast
 from pathlib import Path

@@ -1,0 +1,1 @@
+"""The book's table of design experiments, run over several seeds."""
