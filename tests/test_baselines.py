@@ -3,9 +3,12 @@
 import pandas as pd
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sklearn.dummy import DummyClassifier
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import confusion_matrix
+from sklearn.metrics import accuracy_score, confusion_matrix
 from sklearn.pipeline import make_pipeline
 
 from gptclassifier.data.sms import load_data
@@ -82,19 +85,19 @@ NOISY = {
 }
 
 
-def test_majority_predicts_the_most_frequent_training_class_everywhere():
-    splits = {
-        "train": labelled([SPAM, HAM, SPAM, HAM, SPAM]),
-        "validation": labelled([HAM, SPAM, SPAM]),
-        "test": labelled([HAM, HAM, SPAM, HAM]),
-    }
-    metrics = baseline_metrics("majority", splits, num_classes=2)
-    assert metrics["train"]["accuracy"] == pytest.approx(3 / 5)
-    assert metrics["validation"]["accuracy"] == pytest.approx(2 / 3)
-    assert metrics["test"]["accuracy"] == pytest.approx(1 / 4)
-    assert metrics["train"]["confusion_matrix"] == [[0, 2], [0, 3]]
-    assert metrics["validation"]["confusion_matrix"] == [[0, 1], [0, 2]]
-    assert metrics["test"]["confusion_matrix"] == [[0, 3], [0, 1]]
+@settings(max_examples=25)  # each example fits and scores three splits
+@given(st.integers(2, 4), st.data())
+def test_majority_matches_scikit_learns_most_frequent_dummy(num_classes, data):
+    labels = st.lists(st.integers(0, num_classes - 1), min_size=1, max_size=12)
+    splits = {name: labelled(data.draw(labels, label=name)) for name in SPLIT_NAMES}
+    reference = DummyClassifier(strategy="most_frequent")
+    reference.fit(splits["train"]["Text"], splits["train"]["Label"])
+    metrics = baseline_metrics("majority", splits, num_classes)
+    for name, split in splits.items():
+        predicted = reference.predict(split["Text"])
+        expected = confusion_matrix(split["Label"], predicted, labels=range(num_classes))
+        assert metrics[name]["confusion_matrix"] == expected.tolist()
+        assert metrics[name]["accuracy"] == pytest.approx(accuracy_score(split["Label"], predicted))
 
 
 def test_majority_breaks_a_tie_towards_the_lowest_class():

@@ -1,6 +1,7 @@
 """Metrics, the confusion matrix, class probabilities and thresholds (section 6.8 and beyond)."""
 
 import math
+from collections import Counter
 
 import numpy as np
 import pandas as pd
@@ -8,6 +9,8 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
+from sklearn.metrics import precision_recall_curve as sklearn_precision_recall_curve
 from torch.utils.data import DataLoader, TensorDataset
 
 from gptclassifier.errors import DataError
@@ -16,28 +19,63 @@ from gptclassifier.evaluation.metrics import (
     class_probabilities,
     classification_metrics,
     confusion_at_threshold,
+    confusion_counts,
     confusion_matrix,
     precision_recall_curve,
 )
 
 CPU = torch.device("cpu")
 PAD = 50256
+SPAM = 1
 
 
 def metrics_close(metrics: dict, **expected) -> None:
-    """Assert that each named metric equals its hand-computed value and none is NaN."""
+    """Assert that each named metric equals its expected value and none is NaN."""
     for name, value in expected.items():
         assert not math.isnan(metrics[name]), name
         assert metrics[name] == pytest.approx(value), name
 
 
+@st.composite
+def confusion_matrices(draw) -> torch.Tensor:
+    """Draw a 2- to 5-class confusion matrix, often with classes never true or never predicted."""
+    num_classes = draw(st.integers(2, 5))
+    cells = st.lists(st.integers(0, 4), min_size=num_classes, max_size=num_classes)
+    counts = np.array(draw(st.lists(cells, min_size=num_classes, max_size=num_classes)))
+    counts[sorted(draw(st.sets(st.integers(0, num_classes - 1))))] = 0  # empty rows
+    counts[:, sorted(draw(st.sets(st.integers(0, num_classes - 1))))] = 0  # empty columns
+    return torch.from_numpy(counts)
+
+
 # --- classification_metrics ---------------------------------------------------------------
 
 
-def test_binary_metrics_describe_class_one():
-    # rows: true ham, true spam; columns: predicted ham, predicted spam
-    counts = torch.tensor([[50, 10], [5, 35]])
+@given(confusion_matrices().filter(lambda counts: counts.sum() > 0))
+def test_metrics_match_scikit_learns(counts):
+    rows = counts.tolist()
+    messages = [(t, p) for t, row in enumerate(rows) for p, n in enumerate(row) for _ in range(n)]
+    true, predicted = zip(*messages, strict=True)
+    options = {
+        "labels": range(len(rows)),
+        "average": "binary" if len(rows) == 2 else "macro",
+        "pos_label": SPAM,  # with two classes, the scores are spam's
+        "zero_division": 0,
+    }
     metrics = classification_metrics(counts)
+    metrics_close(
+        metrics,
+        accuracy=accuracy_score(true, predicted),
+        precision=precision_score(true, predicted, **options),
+        recall=recall_score(true, predicted, **options),
+        f1=f1_score(true, predicted, **options),
+    )
+    assert metrics["confusion_matrix"] == counts.tolist()
+    assert metrics["num_examples"] == len(true)
+
+
+def test_binary_metrics_describe_spam_class_one_by_hand():
+    # rows: true ham, true spam; columns: predicted ham, predicted spam
+    metrics = classification_metrics(torch.tensor([[50, 10], [5, 35]]))
     metrics_close(
         metrics,
         accuracy=85 / 100,
@@ -49,42 +87,38 @@ def test_binary_metrics_describe_class_one():
     assert metrics["num_examples"] == 100
 
 
-def test_three_class_metrics_are_macro_averages():
-    counts = torch.tensor([[5, 1, 0], [2, 3, 1], [0, 0, 4]])
-    precisions = [5 / 7, 3 / 4, 4 / 5]
-    recalls = [5 / 6, 3 / 6, 4 / 4]
-    f1s = [2 * 5 / (10 + 2 + 1), 2 * 3 / (6 + 1 + 3), 2 * 4 / (8 + 1 + 0)]
-    metrics = classification_metrics(counts)
-    metrics_close(
-        metrics,
-        accuracy=12 / 16,
-        precision=sum(precisions) / 3,
-        recall=sum(recalls) / 3,
-        f1=sum(f1s) / 3,
-    )
-    assert metrics["num_examples"] == 16
-
-
-def test_a_class_never_predicted_has_precision_zero_without_nan():
+def test_a_class_never_predicted_has_precision_zero_by_hand():
+    never_spam = classification_metrics(torch.tensor([[7, 0], [3, 0]]))
+    metrics_close(never_spam, accuracy=0.7, precision=0.0, recall=0.0, f1=0.0)
     counts = torch.tensor([[3, 0, 1], [2, 0, 2], [0, 0, 4]])  # nothing predicted as class 1
-    precisions = [3 / 5, 0.0, 4 / 7]
-    recalls = [3 / 4, 0.0, 4 / 4]
-    f1s = [2 * 3 / (6 + 2 + 1), 0.0, 2 * 4 / (8 + 3 + 0)]
     metrics_close(
         classification_metrics(counts),
         accuracy=7 / 12,
-        precision=sum(precisions) / 3,
-        recall=sum(recalls) / 3,
-        f1=sum(f1s) / 3,
+        precision=(3 / 5 + 0 + 4 / 7) / 3,  # macro averages, class 1 counting 0
+        recall=(3 / 4 + 0 + 4 / 4) / 3,
+        f1=(2 * 3 / (6 + 2 + 1) + 0 + 2 * 4 / (8 + 3 + 0)) / 3,
     )
 
 
-def test_binary_model_that_never_predicts_spam_has_zero_precision_recall_and_f1():
-    metrics = classification_metrics(torch.tensor([[7, 0], [3, 0]]))
-    metrics_close(metrics, accuracy=0.7, precision=0.0, recall=0.0, f1=0.0)
+def test_metrics_of_no_messages_is_an_error():
+    with pytest.raises(DataError, match="counts no messages"):
+        classification_metrics(torch.zeros(2, 2, dtype=torch.long))
 
 
-# --- confusion_matrix ---------------------------------------------------------------------
+# --- confusion_counts and confusion_matrix ------------------------------------------------
+
+
+@given(st.integers(2, 5), st.data())
+def test_confusion_counts_counts_each_pair_with_true_classes_in_rows(num_classes, data):
+    classes = st.integers(0, num_classes - 1)
+    pairs = data.draw(st.lists(st.tuples(classes, classes), min_size=1, max_size=30))
+    true, predicted = zip(*pairs, strict=True)
+    counts = confusion_counts(np.array(true), torch.tensor(predicted), num_classes)
+    tally = Counter(pairs)
+    assert counts.tolist() == [
+        [tally[t, p] for p in range(num_classes)] for t in range(num_classes)
+    ]
+    assert counts.dtype == torch.long
 
 
 def test_confusion_matrix_matches_a_manual_count(first_token_classifier):
@@ -136,13 +170,21 @@ def test_precision_recall_curve_by_hand():
     assert curve["recall"].tolist() == pytest.approx([1, 1, 2 / 3, 1 / 3])
 
 
-def test_precision_recall_curve_gives_scikit_learns_documented_example():
-    # The example of sklearn.metrics.precision_recall_curve's documentation, with its answer
-    # (scikit-learn adds a last point, precision 1 at recall 0, that no threshold gives).
-    curve = precision_recall_curve(torch.tensor([0.1, 0.4, 0.35, 0.8]), [0, 0, 1, 1])
-    assert curve["threshold"].tolist() == pytest.approx([0.1, 0.35, 0.4, 0.8])
-    assert curve["precision"].tolist() == pytest.approx([0.5, 2 / 3, 0.5, 1.0])
-    assert curve["recall"].tolist() == pytest.approx([1.0, 1.0, 0.5, 0.5])
+@given(
+    st.lists(
+        st.tuples(st.one_of(st.sampled_from([0.0, 0.5, 1.0]), st.floats(0, 1)), st.booleans()),
+        min_size=1,
+        max_size=40,
+    ).filter(lambda pairs: any(spam for _, spam in pairs))
+)
+def test_precision_recall_curve_is_scikit_learns_less_its_last_point(pairs):
+    scores, targets = (np.array(column) for column in zip(*pairs, strict=True))
+    curve = precision_recall_curve(scores, targets)
+    precision, recall, thresholds = sklearn_precision_recall_curve(targets, scores)
+    np.testing.assert_array_equal(curve["threshold"], thresholds)
+    np.testing.assert_allclose(curve["precision"], precision[:-1], rtol=1e-12)
+    np.testing.assert_allclose(curve["recall"], recall[:-1], rtol=1e-12)
+    assert curve["flagged"].tolist() == [(scores >= t).sum() for t in thresholds]
 
 
 @given(

@@ -10,6 +10,9 @@ from gptclassifier.errors import DataError
 from gptclassifier.training.loop import evaluating
 from gptclassifier.training.runners import classifier_logits
 
+# The functions import scikit-learn themselves: it takes half a second to import, and the command
+# line imports this module for commands that never score anything.
+
 
 def _batch_logits(model, data_loader, device, pooling: str):
     """Yield each batch's class logits (on the CPU) and its true classes."""
@@ -20,8 +23,10 @@ def _batch_logits(model, data_loader, device, pooling: str):
 
 def confusion_counts(true, predicted, num_classes: int) -> torch.Tensor:
     """Return counts of (true class, predicted class), true classes in rows, as a long tensor."""
-    pairs = np.asarray(true, dtype=np.int64) * num_classes + np.asarray(predicted, dtype=np.int64)
-    counts = np.bincount(pairs, minlength=num_classes**2).reshape(num_classes, num_classes)
+    import sklearn.metrics
+
+    true, predicted = (np.asarray(classes, dtype=np.int64) for classes in (true, predicted))
+    counts = sklearn.metrics.confusion_matrix(true, predicted, labels=range(num_classes))
     return torch.from_numpy(counts)
 
 
@@ -49,25 +54,32 @@ def classification_metrics(counts: torch.Tensor) -> dict:
 
     With two classes these describe class 1 (spam); with more, they are macro averages.
     """
-    counts = counts.double()
-    true_positives = counts.diagonal()
-    precision = _safe_ratio(true_positives, counts.sum(dim=0))
-    recall = _safe_ratio(true_positives, counts.sum(dim=1))
-    f1 = _safe_ratio(2 * precision * recall, precision + recall)
-    pick = (lambda per_class: per_class[1]) if len(counts) == 2 else (lambda t: t.mean())
+    import sklearn.metrics
+
+    if counts.sum() == 0:
+        raise DataError("a confusion matrix that counts no messages has no metrics")
+    true, predicted = _classes_counted(counts)
+    precision, recall, f1, _ = sklearn.metrics.precision_recall_fscore_support(
+        true,
+        predicted,
+        labels=range(len(counts)),
+        average="binary" if len(counts) == 2 else "macro",
+        zero_division=0,
+    )
     return {
-        "accuracy": (true_positives.sum() / counts.sum()).item(),
-        "precision": pick(precision).item(),
-        "recall": pick(recall).item(),
-        "f1": pick(f1).item(),
+        "accuracy": float(sklearn.metrics.accuracy_score(true, predicted)),
+        "precision": float(precision),
+        "recall": float(recall),
+        "f1": float(f1),
         "confusion_matrix": counts.long().tolist(),
-        "num_examples": int(counts.sum().item()),
+        "num_examples": int(counts.sum()),
     }
 
 
-def _safe_ratio(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
-    """Divide element-wise, giving 0 where the denominator is 0."""
-    return torch.where(denominator > 0, numerator / denominator.clamp(min=1e-12), 0.0)
+def _classes_counted(counts: torch.Tensor) -> np.ndarray:
+    """Return the true and the predicted class of every message a confusion matrix counts."""
+    pairs = np.indices(counts.shape).reshape(2, -1)
+    return np.repeat(pairs, counts.long().flatten().numpy(), axis=1)
 
 
 def _scores_and_targets(scores, targets) -> tuple[np.ndarray, np.ndarray]:
@@ -97,22 +109,21 @@ def precision_recall_curve(scores, targets) -> pd.DataFrame:
     Rows go from the lowest threshold (everything flagged) to the highest; these are the
     points of scikit-learn's function of the same name, less its final (recall 0) point.
     """
+    import sklearn.metrics
+
     scores, targets = _scores_and_targets(scores, targets)
     if not targets.any():
         raise ValueError("a precision-recall curve needs at least one spam message")
-    order = np.argsort(-scores, kind="stable")
-    ranked, true_positives = scores[order], np.cumsum(targets[order])
-    flagged = np.arange(1, len(ranked) + 1)
-    last_of_ties = np.append(ranked[1:] != ranked[:-1], True)
-    curve = pd.DataFrame(
+    precision, recall, thresholds = sklearn.metrics.precision_recall_curve(targets, scores)
+    flagged = len(scores) - np.searchsorted(np.sort(scores), thresholds)  # scores >= threshold
+    return pd.DataFrame(
         {
-            "threshold": ranked[last_of_ties],
-            "flagged": flagged[last_of_ties],
-            "precision": (true_positives / flagged)[last_of_ties],
-            "recall": (true_positives / true_positives[-1])[last_of_ties],
+            "threshold": thresholds,
+            "flagged": flagged,
+            "precision": precision[:-1],
+            "recall": recall[:-1],
         }
     )
-    return curve.iloc[::-1].reset_index(drop=True)
 
 
 def choose_threshold(curve: pd.DataFrame, min_precision: float) -> float:
