@@ -1,36 +1,40 @@
-"""Where fine-tuning's time goes, way by way, in one process; the speed-up of the fast way.
+"""Every way of fine-tuning on the same work, each a whole process: seconds, accuracy, speed-ups.
 
-Each way is a whole `fine_tune`, what `gptclassifier train` runs, saving its run to a
-temporary folder; start-up (a fresh interpreter importing the command line, and reading the
-data) is measured once and counted in every way. The workload is the chapter's: GPT-2 small,
-1,045 / 149 / 300 messages, 5 epochs, batch 8, AdamW (lr 5e-5, weight decay 0.1), the last
-block and final norm trainable, evaluation every 50 steps on 5 batches. Data: the SMS Spam
-Collection from --data or $GPTCLASSIFIER_SMS_FILE (the book's parsing), else practice messages
-of the same number and length. Weights: pretrained GPT-2 when cached or downloadable, else the
-same random weights for every way.
+Each way runs in a fresh process, timed from its start to its end. The package's ways are a
+whole `fine_tune`, what `gptclassifier train` runs (saving the run to a temporary folder), and
+report their phases; transformers' Trainer runs benchmarks/trainer_way.py. The work is the
+chapter's: GPT-2 small, 1,045 / 149 / 300 messages, 5 epochs, batch 8, AdamW (lr 5e-5, weight
+decay 0.1), the last block and final norm trainable. Data: the SMS Spam Collection from --data or
+$GPTCLASSIFIER_SMS_FILE (the book's parsing), else practice messages of the same number and
+length. Weights: pretrained GPT-2 when cached, else the package's seeded random weights; the
+same for every way.
 
     python benchmarks/finetune_speed.py [--quick] [--data FILE] [--no-scaling]
 
 Ways: the chapter's loop (`train --chapter`, what the book's script does); the chapter's exact
-results through the cache (`train`) in float32 and, where the hardware has it, bfloat16; and
-`train --fast`. Then a scaling table: the fast way for one epoch on 1x, 4x and 16x the
-messages (practice messages, all three splits scaled), and with gpt2-medium. The last line is
-`speedup: N.Nx`, the chapter's way over the fast way, whole processes.
+results through the cache (`train`) in float32 and, where the hardware has it, bfloat16;
+`train --fast`; transformers' Trainer in float32 and, where native, bfloat16. The package's ways
+also evaluate every 50 steps on 5 batches, as the chapter does, score every message of the three
+splits and save the run; the Trainer only trains, then predicts validation and test. Then a
+scaling table: the fast way for one epoch on 1x, 4x and 16x the messages (practice messages, all
+three splits scaled), and with gpt2-medium. The last lines compare like with like: the exact way
+against the chapter's loop (the same results), `--fast` against the Trainer's faster setting (the
+same pooling, at the last real token); and `speedup: N.Nx`, the chapter's loop over `--fast`.
 """
 
 import argparse
 import contextlib
-import ctypes
-import gc
+import json
 import os
 import platform
+import resource
+import shlex
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-import warnings
-from dataclasses import replace
+from dataclasses import asdict, dataclass, replace
+from importlib.metadata import version
 from pathlib import Path
 
 import pandas as pd
@@ -39,13 +43,13 @@ import torch.nn.functional as F
 
 from gptclassifier.data.loaders import create_datasets
 from gptclassifier.data.practice_set import generate_practice_messages
-from gptclassifier.data.sms import LabeledData, Provenance, load_data
+from gptclassifier.data.sms import SMS_FILE_VARIABLE, LabeledData, Provenance, load_data
 from gptclassifier.data.splits import prepare_splits
-from gptclassifier.errors import FallbackWarning
 from gptclassifier.fine_tune import fine_tune
 from gptclassifier.model.gpt import model_config
 from gptclassifier.model.tokenizer import get_tokenizer
 from gptclassifier.model.weights import cached_gpt2
+from gptclassifier.progress import progress_bar
 from gptclassifier.settings import FASTEST, TrainSettings
 from gptclassifier.training.device import choose_device, choose_precision
 from gptclassifier.training.flops import Workload, count_flops
@@ -54,43 +58,21 @@ LONGEST_MESSAGE = 120  # tokens: the real data's longest training message
 REAL_SPAM = 747  # spam messages in the real data: balancing keeps as many ham
 SCALES = (1, 4, 16)
 PHASES = ("start-up", "model", "tokenizing", "cache pass", "training", "evaluation", "saving")
+TRAINER_SCRIPT = Path(__file__).resolve().with_name("trainer_way.py")
+CHAPTER = "the chapter's loop"
+EXACT = {"float32": "exact, float32", "bfloat16": "exact, bfloat16"}
+FAST = "fast (--fast)"
+TRAINER = {"float32": "Trainer, float32", "bfloat16": "Trainer, bfloat16"}
+PACKAGE_INCLUDES = "training and its evaluations, 3 splits scored, run saved"
+TRAINER_INCLUDES = "training, validation and test predicted"
 
 
-class PeakMemory:
-    """Sample this process's resident memory in the background; keep the peak above the start.
+@dataclass(frozen=True)
+class Way:
+    """A way of fine-tuning: the command that runs it in a fresh process, and its settings."""
 
-    Memory that earlier ways freed is first handed back to the system (glibc's malloc_trim),
-    so that the growth counts what this way allocates rather than what it reuses.
-    """
-
-    def __enter__(self):
-        gc.collect()
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        self.start = self.peak = self._rss()
-        self.running = True
-        self.thread = threading.Thread(target=self._sample, daemon=True)
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.running = False
-        self.thread.join()
-
-    def _sample(self):
-        while self.running:
-            self.peak = max(self.peak, self._rss())
-            time.sleep(0.02)
-
-    @staticmethod
-    def _rss() -> int:
-        with open("/proc/self/statm") as statm:
-            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-    @property
-    def megabytes(self) -> float:
-        """Return the peak growth of resident memory in MB."""
-        return (self.peak - self.start) / 2**20
+    command: tuple[str, ...]
+    settings: TrainSettings | None = None  # None: transformers' Trainer
 
 
 def practice_like_real(seed: int, scale: float = 1) -> LabeledData:
@@ -116,13 +98,6 @@ def cpu_name() -> str:
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
-
-
-def startup_seconds() -> float:
-    """Return how long a fresh interpreter takes to import the command line."""
-    start = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import gptclassifier.cli"], check=True)
-    return time.perf_counter() - start
 
 
 def matmul_gflops(dtype: torch.dtype, device: torch.device) -> float:
@@ -154,46 +129,159 @@ def cache_flops(splits: dict, settings: TrainSettings) -> float:
     return flops["frozen blocks, once per message"]
 
 
-def run(labeled: LabeledData, settings: TrainSettings, startup: float, folder: Path) -> dict:
-    """Fine-tune one way, as `gptclassifier train` does; return its phases and measurements."""
-    with PeakMemory() as memory, tempfile.TemporaryDirectory(dir=folder) as out:
-        result = fine_tune(labeled, settings, Path(out) / "run", "book", progress=False)
-    seconds = {"start-up": startup, **result.phases.seconds}
-    cached = settings.loop == "fast"
-    splits = prepare_splits(labeled, seed=settings.seed)  # the split fine_tune made
+def write_messages(labeled: LabeledData, path: Path) -> Path:
+    """Write messages as a table with a header row, which every way reads with `--data`."""
+    labeled.frame.to_csv(path, index=False)
+    return path
+
+
+def weights_of(model: str) -> str:
+    """Return `pretrained` where a model's weights are cached, else `random`: never a download."""
+    return "pretrained" if cached_gpt2(model) else "random"
+
+
+def package_way(settings: TrainSettings, data_file: Path) -> Way:
+    """Return one of the package's ways: this script fine-tunes once in a fresh process."""
+    options = ("--one-way", json.dumps(asdict(settings)), "--data", str(data_file))
+    return Way((sys.executable, str(Path(__file__).resolve()), *options), settings)
+
+
+def trainer_way(precision: str, data_file: Path, num_epochs: int, start: Path) -> Way:
+    """Return transformers' Trainer way in a precision: trainer_way.py in a fresh process."""
+    options = ("--precision", precision, "--data", str(data_file), "--epochs", str(num_epochs))
+    return Way((sys.executable, str(TRAINER_SCRIPT), *options, "--start", str(start)))
+
+
+def trainer_start(data_file: Path, folder: Path) -> Path:
+    """Return the folder of the Trainer's starting weights, written once, before any timing."""
+    options = ("--data", str(data_file), "--write-start", str(folder))
+    return Path(run_script((sys.executable, str(TRAINER_SCRIPT), *options)).splitlines()[-1])
+
+
+def every_way(
+    chapter: TrainSettings, data_file: Path, bfloat16: bool, start: Path
+) -> dict[str, Way]:
+    """Return every way to run on the chapter's work, bfloat16 ones where the hardware has it.
+
+    The Trainer starts from the weights in `start` (trainer_start).
+    """
+    package = {CHAPTER: replace(chapter, loop="chapter"), EXACT["float32"]: chapter}
+    if bfloat16:
+        package[EXACT["bfloat16"]] = replace(chapter, precision="bfloat16")
+    package[FAST] = replace(chapter, **FASTEST)
+    ways = {name: package_way(settings, data_file) for name, settings in package.items()}
+    for precision in TRAINER if bfloat16 else ("float32",):
+        ways[TRAINER[precision]] = trainer_way(precision, data_file, chapter.num_epochs, start)
+    return ways
+
+
+def one_way(settings: TrainSettings, data_file: str) -> dict:
+    """Fine-tune as `gptclassifier train` does, into a temporary folder; return measurements."""
+    labeled = load_data(data_file, settings.parsing, "book")
+    with tempfile.TemporaryDirectory() as folder:
+        result = fine_tune(labeled, settings, Path(folder) / "run", "book", progress=False)
     return {
-        **seconds,
-        "total": sum(seconds.values()),
-        "peak MB": memory.megabytes,
-        "cache GFLOP/s": (
-            cache_flops(splits, settings) / seconds["cache pass"] / 1e9 if cached else None
-        ),
+        "phases": result.phases.seconds,
         "validation": result.metrics["validation"]["accuracy"],
         "test": result.metrics["test"]["accuracy"],
         "precision": result.config["precision"],
-        "training messages": len(splits["train"]),
+        "peak MB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux counts kB
     }
 
 
-def print_ways(rows: dict[str, dict]) -> None:
-    """Print the seconds of every phase, way by way, and each way's other measurements."""
-    table = pd.DataFrame(rows)
-    chapter = table.loc["total", "the chapter's loop"]
-    seconds = table.loc[[*PHASES, "total"]].map(lambda value: f"{value:,.1f}")
-    speedup = table.loc["total"].map(lambda value: f"{chapter / value:.1f}x")
-    other = pd.DataFrame(
+def run_script(command: tuple[str, ...]) -> str:
+    """Run a command and return what it printed; stop with its error output if it fails."""
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(f"{shlex.join(command)} failed:\n{done.stderr.strip()}")
+    return done.stdout
+
+
+def run_way(way: Way) -> dict:
+    """Run a way as a fresh process and time it whole; return its seconds and measurements.
+
+    Its start-up is the time it spent outside its phases: starting the interpreter, importing,
+    reading and splitting the data, and exiting.
+    """
+    start = time.perf_counter()
+    output = run_script(way.command)
+    seconds = time.perf_counter() - start
+    measured = json.loads(output.splitlines()[-1])
+    phases = measured.pop("phases")
+    return {"start-up": seconds - sum(phases.values()), **phases, "total": seconds, **measured}
+
+
+def run_ways(ways: dict[str, Way], desc: str) -> dict[str, dict]:
+    """Run every way, one after another, saying when each is done."""
+    rows = {}
+    with progress_bar(len(ways), desc, unit="way") as bar:
+        for name, way in ways.items():
+            rows[name] = run_way(way)
+            bar.write(f"  done: {name} in {rows[name]['total']:.1f} s")
+            bar.update()
+    return rows
+
+
+def run_scaling(fast: TrainSettings, scale: float, folder: Path) -> list[dict]:
+    """Run the fast way on 1x, 4x and 16x the messages, and gpt2-medium on 1x; return each run."""
+    data = {f"{factor}x": practice_like_real(fast.seed, factor * scale) for factor in SCALES}
+    runs = {name: (fast, messages) for name, messages in data.items()}
+    medium = replace(fast, model="gpt2-medium", weights=weights_of("gpt2-medium"))
+    runs["gpt2-medium, 1x"] = (medium, data["1x"])
+    ways = {
+        name: package_way(settings, write_messages(messages, folder / f"scaled {name}.csv"))
+        for name, (settings, messages) in runs.items()
+    }
+    rows = run_ways(ways, "scaling")
+    return [
         {
-            "speed-up": speedup,
-            "peak MB": table.loc["peak MB"].map(lambda value: f"{value:,.0f}"),
-            "cache GFLOP/s": table.loc["cache GFLOP/s"].map(
-                lambda value: "" if value is None else f"{value:.0f}"
-            ),
-            "validation": table.loc["validation"].map(lambda value: f"{value:.2%}"),
-            "test": table.loc["test"].map(lambda value: f"{value:.2%}"),
+            "run": name,
+            "training messages": len(prepare_splits(messages, seed=settings.split_seed)["train"]),
+            **rows[name],
         }
-    ).T
-    print("seconds by phase:")
-    print(pd.concat([seconds, other]).to_string())
+        for name, (settings, messages) in runs.items()
+    ]
+
+
+def formatted(table: pd.DataFrame, formats: dict[str, str]) -> pd.DataFrame:
+    """Return a table's cells as text, each row in its format; missing cells blank."""
+    return table.apply(
+        lambda row: row.map(
+            lambda value: "" if pd.isna(value) else formats[row.name].format(value)
+        ),
+        axis=1,
+    )
+
+
+def print_phases(rows: dict[str, dict]) -> None:
+    """Print the seconds of every phase, way by way, each process's peak memory and cache speed."""
+    formats = dict.fromkeys([*PHASES, "total"], "{:,.1f}")
+    formats |= {"peak MB": "{:,.0f}", "cache GFLOP/s": "{:.0f}"}
+    table = pd.DataFrame(rows).reindex(list(formats))
+    print("seconds by phase, each way a whole process:")
+    print(formatted(table, formats).to_string())
+
+
+def faster_trainer(rows: dict[str, dict]) -> str:
+    """Return the name of the Trainer's faster setting."""
+    return min((name for name in TRAINER.values() if name in rows), key=lambda n: rows[n]["total"])
+
+
+def print_ways(rows: dict[str, dict], ways: dict[str, Way]) -> None:
+    """Print each way's whole seconds, accuracies, speed-ups and what its time includes."""
+    against = dict.fromkeys([CHAPTER, faster_trainer(rows), TRAINER["float32"]])
+    table = pd.DataFrame(
+        {
+            "seconds": f"{row['total']:,.1f}",
+            **{f"vs {other}": f"{rows[other]['total'] / row['total']:.1f}x" for other in against},
+            "validation": f"{row['validation']:.2%}",
+            "test": f"{row['test']:.2%}",
+            "time includes": TRAINER_INCLUDES if ways[name].settings is None else PACKAGE_INCLUDES,
+        }
+        for name, row in rows.items()
+    ).set_axis(list(rows))
+    print("every way on the same work, whole processes (vs X: X's seconds over this way's):")
+    print(table.to_string())
 
 
 def print_scaling(rows: list[dict]) -> None:
@@ -215,81 +303,92 @@ def print_scaling(rows: list[dict]) -> None:
     print(table.to_string(index=False))
 
 
+def print_like_for_like(rows: dict[str, dict]) -> None:
+    """Print the speed-ups that compare like with like, then the fast way's over the chapter's."""
+    chapter, fast = rows[CHAPTER]["total"], rows[FAST]["total"]
+    exact = {precision: rows[name]["total"] for precision, name in EXACT.items() if name in rows}
+    print(
+        f"same results: exact ({' / '.join(exact)}) vs the chapter's loop: "
+        + " / ".join(f"{chapter / seconds:.1f}x" for seconds in exact.values())
+    )
+    trainer = rows[faster_trainer(rows)]["total"]
+    pooling = "same pooling (last real token): --fast vs the Trainer's faster setting"
+    print(f"{pooling}: {trainer / fast:.1f}x")
+    print(f"speedup: {chapter / fast:.1f}x")
+
+
 def main() -> None:
-    """Run every way on the same work, then the scaling runs; print the tables and the speed-up."""
+    """Run every way on the same work, then the scaling runs; print the tables and speed-ups."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a reduced run, about two minutes")
+    parser.add_argument(
+        "--quick", action="store_true", help="a reduced run, about two minutes, Trainer included"
+    )
     parser.add_argument("--data", help="the SMS Spam Collection file or zip")
     parser.add_argument("--no-scaling", action="store_true", help="skip the scaling table")
+    parser.add_argument(
+        "--one-way", metavar="SETTINGS",
+        help="fine-tune once on --data with these TrainSettings (JSON) and print one JSON line: "
+        "how the benchmark runs each of the package's ways",
+    )  # fmt: skip
     args = parser.parse_args()
+    if args.one_way:
+        print(json.dumps(one_way(TrainSettings(**json.loads(args.one_way)), args.data)))
+        return
 
-    chapter = TrainSettings()  # the chapter's
+    chapter = TrainSettings(weights=weights_of("gpt2-small"))  # the chapter's
     scale = 1.0
     if args.quick:
-        chapter = TrainSettings(num_epochs=2, eval_freq=3, eval_iter=2)
+        chapter = replace(chapter, num_epochs=2, eval_freq=3, eval_iter=2)
         scale = 0.05
     device = choose_device()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FallbackWarning)  # reported in the header instead
-        startup = startup_seconds()
-        start = time.perf_counter()
-        data_file = args.data or os.environ.get("GPTCLASSIFIER_SMS_FILE")
+    bfloat16 = choose_precision(device, "auto") == "bfloat16"
+    data_file = args.data or os.environ.get(SMS_FILE_VARIABLE)
+    with tempfile.TemporaryDirectory() as folder:
+        folder = Path(folder)
         if data_file and not args.quick:
             labeled = load_data(data_file, parsing="book", profile="book")
         else:
             labeled = practice_like_real(chapter.seed, scale)
-        startup += time.perf_counter() - start
-
-        ways = {
-            "the chapter's loop": replace(chapter, loop="chapter"),
-            "exact, float32": chapter,
-        }
-        if choose_precision(device, "auto") == "bfloat16":
-            ways["exact, bfloat16"] = replace(chapter, precision="bfloat16")
-        ways["fast (--fast)"] = replace(chapter, **FASTEST)
-
-        weights = "pretrained" if cached_gpt2("gpt2-small") else "random (offline)"
+            data_file = write_messages(labeled, folder / "messages.csv")
+        splits = prepare_splits(labeled, seed=chapter.split_seed)
         print(
-            f"machine: {cpu_name()}, {os.cpu_count()} CPUs, "
-            f"torch {torch.__version__}, {torch.get_num_threads()} threads, {device}"
+            f"machine: {cpu_name()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads, {device}; transformers {version('transformers')}"
         )
         print(
             f"data: {labeled.provenance.source}, {len(labeled.frame):,} messages; GPT-2 small "
-            f"weights: {weights}; {chapter.num_epochs} epoch(s), batch {chapter.batch_size}"
+            f"weights: {chapter.weights}, the same for every way; {chapter.num_epochs} epoch(s), "
+            f"batch {chapter.batch_size}"
         )
         fp32, bf16 = (matmul_gflops(dtype, device) for dtype in (torch.float32, torch.bfloat16))
         print(
             f"plain matmul, (4096 x 768) by (768 x 3072): {fp32:.0f} GFLOP/s float32, "
             f"{bf16:.0f} GFLOP/s bfloat16"
         )
-        rows = {}
-        with tempfile.TemporaryDirectory() as folder:
-            for name, settings in ways.items():
-                rows[name] = run(labeled, settings, startup, Path(folder))
-                print(f"  done: {name} in {rows[name]['total']:.1f} s", flush=True)
-            print_ways(rows)
-            exact = rows["exact, float32"]["cache GFLOP/s"]
-            print(f"exact float32 cache pass: {exact / fp32:.0%} of the plain float32 matmul")
+        start = trainer_start(data_file, folder / "start")
+        ways = every_way(chapter, data_file, bfloat16, start)
+        rows = run_ways(ways, "ways")
+        for name, way in ways.items():
+            if way.settings is not None and way.settings.loop == "fast":
+                flops = cache_flops(splits, way.settings)
+                rows[name]["cache GFLOP/s"] = flops / rows[name]["cache pass"] / 1e9
+        print_phases(rows)
+        print(
+            "start-up: starting the interpreter, importing, reading and splitting the data, "
+            "exiting; peak MB: the whole process's"
+        )
+        exact = rows[EXACT["float32"]]["cache GFLOP/s"]
+        print(f"exact float32 cache pass: {exact / fp32:.0%} of the plain float32 matmul")
+        print_ways(rows, ways)
+        print(
+            f"its evaluations: every {chapter.eval_freq} steps, {chapter.eval_iter} batches of "
+            "training and of validation messages, as the chapter's; 3 splits: every message"
+        )
 
-            if not args.no_scaling:
-                fast = replace(ways["fast (--fast)"], num_epochs=1)
-                scaled = [
-                    (f"{factor}x", fast, practice_like_real(chapter.seed, factor * scale))
-                    for factor in SCALES
-                ]
-                scaled.append(("gpt2-medium, 1x", replace(fast, model="gpt2-medium"), scaled[0][2]))
-                print("scaling: the fast way, 1 epoch, practice messages")
-                results = []
-                for name, settings, data in scaled:
-                    results.append({"run": name, **run(data, settings, startup, Path(folder))})
-                    print(f"  done: {name} in {results[-1]['total']:.1f} s", flush=True)
-                print_scaling(results)
-
-    total = rows["the chapter's loop"]["total"]
-    for name, row in rows.items():
-        if name != "the chapter's loop":
-            print(f"{name}: {total / row['total']:.1f}x the chapter's way")
-    print(f"speedup: {total / rows['fast (--fast)']['total']:.1f}x")
+        if not args.no_scaling:
+            print("scaling: the fast way, 1 epoch, practice messages")
+            print_scaling(run_scaling(replace(ways[FAST].settings, num_epochs=1), scale, folder))
+    print_like_for_like(rows)
 
 
 if __name__ == "__main__":
