@@ -7,9 +7,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from gptclassifier.errors import ConfigError
 from gptclassifier.experiments import grid as experiments
-from gptclassifier.experiments.grid import markdown_table, run_experiments, summarize
+from gptclassifier.experiments.book_table import EXPERIMENTS
+from gptclassifier.experiments.grid import (
+    format_plan,
+    markdown_table,
+    plan_experiments,
+    run_experiments,
+    summarize,
+)
 from gptclassifier.runs import load_run
+from gptclassifier.training.estimate import HEADROOM
 
 QUICK = {"num_epochs": 1}
 ROWS = ["chapter", "lora", "mean", "majority", "tfidf"]
@@ -80,6 +89,8 @@ def test_rows_already_run_are_read_not_run_again(grid, smoke_data, monkeypatch):
         raise AssertionError("a finished run was trained again")
 
     monkeypatch.setattr(experiments, "fine_tune", must_not_train)
+    plan = run_experiments(smoke_data, out, ROWS, [1, 2], "smoke", QUICK, dry_run=True)
+    assert plan["done"].all() and "0 of 10 runs to do, about 0.0 minutes" in format_plan(plan)
     again = run_experiments(smoke_data, out, ROWS, [1, 2], "smoke", QUICK, progress=False)
     pd.testing.assert_frame_equal(again, results)
 
@@ -116,6 +127,8 @@ def test_a_failed_run_is_recorded_and_the_others_go_on(smoke_data, tmp_path, mon
     assert results["status"].tolist() == ["ok", "failed", "ok", "ok"]
     assert results.loc[1, "error"] == "out of memory"
     assert any("chapter, seed 2: failed: out of memory" in line for line in lines)
+    assert lines[-1].startswith("[4/4] majority, seed 2: validation ")
+    assert lines[-1].endswith("; about 0.0 min left")
     assert not (tmp_path / "chapter" / "seed-2").exists()
     assert "| 1 (1 failed) |" in (tmp_path / "results.md").read_text()
     # once the cause is gone, the failed run is run and the finished ones are read
@@ -146,3 +159,67 @@ def test_the_summary_gives_the_mean_and_sample_spread_of_each_row():
     assert f"| {test.mean():.2f} ± {test.std(ddof=1):.2f} |" in table
     assert "| 75.00 |" in table  # one seed: no spread to show
     assert "96.63 / 99.33 / 95.00" in table and "78.46 / 80.54 / 75.00" in table
+
+
+GB = 1e9
+NOT_TRAINED = "a run was trained"
+
+
+def must_not_train(*args, **kwargs):
+    raise AssertionError(NOT_TRAINED)
+
+
+def test_a_dry_run_plans_every_row_and_leaves_out_what_would_not_fit(
+    smoke_data, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(experiments, "available_memory", lambda device: 24 * GB)
+    monkeypatch.setattr(experiments, "fine_tune", must_not_train)
+    lines = []
+    plan = run_experiments(
+        smoke_data, tmp_path / "out", seeds=[1, 2], profile="smoke", log=lines.append,
+        dry_run=True,
+    )  # fmt: skip
+    assert not (tmp_path / "out").exists()  # nothing runs, nothing is written
+    assert len(plan) == 2 * len(EXPERIMENTS) and not plan["done"].any()
+    rows = plan.set_index(["experiment", "seed"])
+    assert not rows.loc[("gpt2-xl_all", 1), "fits"] and rows.loc[("gpt2-xl_all", 1), "peak_gb"] > 24
+    assert rows.loc[("chapter", 2), "fits"] and rows.loc[("chapter", 2), "peak_gb"] < 1
+    assert (plan["fits"] == (plan["peak_gb"].fillna(0) <= HEADROOM * 24)).all()
+    assert plan.loc[plan["experiment"] == "tfidf", "estimated_minutes"].isna().all()
+    left_out = [line for line in lines if line.startswith("left out")]
+    assert len(left_out) == plan.loc[~plan["fits"], "experiment"].nunique()  # a line per row
+    peak = rows.loc[("gpt2-xl_all", 1), "peak_gb"]
+    assert (
+        f"left out gpt2-xl_all: it needs about {peak:.1f} GB of memory at its peak and this "
+        "machine has 24.0 GB available"
+    ) in left_out
+    text = format_plan(plan).splitlines()
+    assert len(text) == len(plan) + 2  # a header, a line per run, what is to do
+    to_do = plan[plan["fits"]]
+    minutes = to_do["estimated_minutes"].sum()
+    assert text[-1] == f"{len(to_do)} of {len(plan)} runs to do, about {minutes:.1f} minutes"
+
+
+def test_a_named_row_that_would_not_fit_is_refused_before_anything_runs(
+    smoke_data, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(experiments, "available_memory", lambda device: 8 * GB)
+    monkeypatch.setattr(experiments, "fine_tune", must_not_train)
+    with pytest.raises(ConfigError) as refusal:
+        run_experiments(smoke_data, tmp_path / "out", ["tfidf", "gpt2-xl_all"], profile="smoke")
+    assert not (tmp_path / "out").exists()
+    message = str(refusal.value)
+    assert message.startswith("experiment gpt2-xl_all needs about ") and "\n" not in message
+    assert "GB of memory at its peak and this machine has 8.0 GB available" in message
+
+
+def test_the_plan_holds_each_runs_settings_and_estimate(smoke_data, tmp_path):
+    plan = plan_experiments(smoke_data, tmp_path, ["chapter", "lora"], [5, 6], "smoke", QUICK)
+    assert [(run.experiment.name, run.seed) for run in plan] == [
+        ("chapter", 5), ("chapter", 6), ("lora", 5), ("lora", 6)
+    ]  # fmt: skip
+    lora = plan[3]
+    assert lora.settings.trainable == "lora" and lora.settings.seed == 6
+    assert lora.settings.num_epochs == 1 and lora.run_dir == tmp_path / "lora" / "seed-6"
+    assert lora.estimate is plan[2].estimate and lora.fits and not lora.done  # memory unknown
+    assert 0 < lora.minutes == lora.estimate.minutes

@@ -2,30 +2,129 @@
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from gptclassifier.data.sms import LabeledData
+from gptclassifier.data.splits import SPLIT_NAMES, prepare_splits, write_splits
+from gptclassifier.errors import ConfigError
 from gptclassifier.evaluation.baselines import baseline_metrics
 from gptclassifier.experiments.book_table import EXPERIMENTS, Experiment, choose_experiments
-from gptclassifier.data.sms import LabeledData
-from gptclassifier.files import atomic_writer
-from gptclassifier.errors import ConfigError
+from gptclassifier.files import atomic_writer, read_json, write_json
 from gptclassifier.fine_tune import fine_tune
 from gptclassifier.plots import save_figure
-from gptclassifier.data.splits import SPLIT_NAMES, prepare_splits, write_splits
-from gptclassifier.settings import TrainSettings, train_settings
-from gptclassifier.progress import silent
+from gptclassifier.progress import progress_bar, silent
 from gptclassifier.runs import CONFIG_FILE, run_writer
-from gptclassifier.files import read_json, write_json
+from gptclassifier.settings import TrainSettings, train_settings
+from gptclassifier.training.device import choose_device
+from gptclassifier.training.estimate import GB, Estimate, estimate_run, training_workload
+from gptclassifier.training.runners import available_memory
 
 RESULTS_FILE = "results.csv"
 TABLE_FILE = "results.md"
 FIGURE_STEM = "results"
 METRICS_FILE = "metrics.json"
+PLAN_COLUMNS = ("experiment", "seed", "estimated_minutes", "peak_gb", "fits", "done", "run_dir")
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One run of the grid before anything runs: its folder, settings and estimate."""
+
+    experiment: Experiment
+    seed: int
+    run_dir: Path
+    settings: TrainSettings
+    estimate: Estimate | None  # None for a baseline: seconds and little memory anywhere
+    done: bool  # already run: it is read, not run again
+    fits: bool  # done, or its estimated peak fits in the memory available
+
+    @property
+    def minutes(self) -> float:
+        """The estimated minutes still to spend on this run."""
+        return 0.0 if self.done or self.estimate is None else self.estimate.minutes
+
+
+def plan_experiments(
+    labeled: LabeledData,
+    out_dir: Path,
+    names: Sequence[str] | None = None,
+    seeds: Sequence[int] = (123,),
+    profile: str | None = None,
+    overrides: dict | None = None,
+    redo: bool = False,
+    available: int | None = None,
+) -> list[PlannedRun]:
+    """Return every (row, seed) with its estimate, whether it is done and whether it fits.
+
+    A run fits when its estimated peak memory fits in `available` bytes with headroom (see
+    Estimate.fits). The split is always the profile's (the chapter's, seed 123); `overrides`
+    apply to every run, before each row's settings.
+    """
+    common = train_settings(profile, **(overrides or {}))
+    common = replace(common, data_seed=common.split_seed)  # one split for every seed
+    device = choose_device()
+    plan = []
+    for experiment in choose_experiments(names):
+        settings = replace(common, **experiment.settings)
+        estimate = None  # a row's estimate does not depend on the seed
+        if experiment.baseline is None:
+            workload = training_workload(labeled, settings)
+            estimate = estimate_run(settings, workload, len(labeled.classes), device)
+        for seed in seeds:
+            run_dir = Path(out_dir) / experiment.name / f"seed-{seed}"
+            done = not redo and (run_dir / METRICS_FILE).is_file()
+            fits = done or estimate is None or estimate.fits(available)
+            plan.append(
+                PlannedRun(
+                    experiment, seed, run_dir, replace(settings, seed=seed), estimate, done, fits
+                )
+            )
+    return plan
+
+
+def plan_frame(plan: Sequence[PlannedRun]) -> pd.DataFrame:
+    """Return the plan as a table: a line per run, its estimate, whether it fits and is done."""
+    return pd.DataFrame(
+        [
+            {
+                "experiment": run.experiment.name,
+                "seed": run.seed,
+                "estimated_minutes": math.nan if run.estimate is None else run.estimate.minutes,
+                "peak_gb": math.nan if run.estimate is None else run.estimate.peak_bytes / GB,
+                "fits": run.fits,
+                "done": run.done,
+                "run_dir": str(run.run_dir),
+            }
+            for run in plan
+        ],
+        columns=PLAN_COLUMNS,
+    )
+
+
+def format_plan(plan: pd.DataFrame) -> str:
+    """Return the plan as aligned text for a terminal, with what is to do in the last line."""
+    shown = plan.drop(columns="run_dir").rename(
+        columns={"estimated_minutes": "minutes", "peak_gb": "peak GB"}
+    )
+    yes_no = {True: "yes", False: "no"}
+    text = shown.to_string(
+        index=False,
+        na_rep="-",
+        formatters={
+            "minutes": "{:.2f}".format,
+            "peak GB": "{:.2f}".format,
+            "fits": yes_no.get,
+            "done": yes_no.get,
+        },
+    )
+    to_do = plan[plan["fits"] & ~plan["done"]]
+    minutes = to_do["estimated_minutes"].fillna(0).sum()
+    return f"{text}\n{len(to_do)} of {len(plan)} runs to do, about {minutes:.1f} minutes\n"
 
 
 def run_experiments(
@@ -38,44 +137,82 @@ def run_experiments(
     redo: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = silent,
+    dry_run: bool = False,
 ) -> pd.DataFrame:
     """Run each experiment once per seed on the chapter's split; return a line per run.
 
+    First the plan (plan_experiments): each run's estimated minutes and peak memory against
+    the memory available. By default the rows that would not fit are left out, a log line
+    each; a row named in `names` that would not fit is refused before anything runs. With
+    `dry_run` nothing runs and the plan is returned (plan_frame; format_plan prints it).
     Each run is a run folder `<out_dir>/<name>/seed-<seed>` (a baseline's holds its metrics and
     configuration). A run already there is read, not run again, unless `redo`; a run that fails
-    is recorded with its error and the others go on. The split is always the profile's (the
-    chapter's, seed 123); the seed changes the head, the shuffles, LoRA's and random weights.
-    `overrides` (e.g. parsing or num_epochs) apply to every run, before each row's settings.
-    Writes results.csv, results.md and the results figure to `out_dir` and returns the lines.
+    is recorded with its error and the others go on. The seed changes the head, the shuffles,
+    LoRA's and random weights. Writes results.csv, results.md and the results figure to
+    `out_dir` and returns the lines.
     """
-    experiments = choose_experiments(names)
-    common = train_settings(profile, **(overrides or {}))
-    common = replace(common, data_seed=common.split_seed)  # one split for every seed
-    out_dir = Path(out_dir)
+    available = available_memory(choose_device())
+    plan = plan_experiments(labeled, out_dir, names, seeds, profile, overrides, redo, available)
+    _refuse_or_leave_out(plan, available, refuse=bool(names), log=log)
+    if dry_run:
+        return plan_frame(plan)
+    plan = [run for run in plan if run.fits]
+    minutes_left = sum(run.minutes for run in plan)
+    log(f"{len(plan)} runs, about {minutes_left:.1f} minutes of training")
     lines = []
-    for index, (experiment, seed) in enumerate(
-        [(experiment, seed) for experiment in experiments for seed in seeds], start=1
-    ):
-        run_dir = out_dir / experiment.name / f"seed-{seed}"
-        settings = replace(common, seed=seed, **experiment.settings)
-        what = f"[{index}/{len(experiments) * len(seeds)}] {experiment.name}, seed {seed}"
-        try:
-            if redo or not (run_dir / METRICS_FILE).is_file():
-                _run(experiment, labeled, run_dir, settings, profile, progress)
-                config = read_json(run_dir / CONFIG_FILE)
-            else:
-                config = read_json(run_dir / CONFIG_FILE)
-                _check_current(run_dir, config, experiment, settings, labeled)
-                log(f"{what}: already run, read from {run_dir}")
-        except Exception as exc:  # a failed run is recorded and the others go on
-            lines.append(_failed(experiment, seed, run_dir, exc))
-            log(f"{what}: failed: {exc}")
-            continue
-        lines.append(_result(experiment, seed, run_dir, config))
-        log(f"{what}: {_accuracies(lines[-1])}")
+    bar = progress_bar(sum(not run.done for run in plan), "experiments", progress, unit="run")
+    with bar:
+        for index, run in enumerate(plan, start=1):
+            lines.append(_run_or_read(run, labeled, profile, progress))
+            outcome = _outcome(lines[-1], run)
+            if not run.done:
+                minutes_left = max(minutes_left - run.minutes, 0.0)
+                bar.update()
+                bar.set_postfix_str(f"about {minutes_left:.1f} min left")
+                outcome += f"; about {minutes_left:.1f} min left"
+            log(f"[{index}/{len(plan)}] {run.experiment.name}, seed {run.seed}: {outcome}")
     results = pd.DataFrame(lines)
     write_results(results, out_dir)
     return results
+
+
+def _refuse_or_leave_out(plan, available: int | None, refuse: bool, log) -> None:
+    """Refuse a named row that would not fit (`refuse`), else say why each such row is left out."""
+    too_big = {run.experiment.name: run.estimate for run in plan if not run.fits}
+    for name, estimate in too_big.items():
+        needs = (
+            f"needs about {estimate.peak_bytes / GB:.1f} GB of memory at its peak and this "
+            f"machine has {available / GB:.1f} GB available"
+        )
+        if refuse:
+            raise ConfigError(
+                f"experiment {name} {needs}: leave it out of the rows, or run it on a machine "
+                "with more memory"
+            )
+        log(f"left out {name}: it {needs}")
+
+
+def _run_or_read(run: PlannedRun, labeled: LabeledData, profile, progress: bool) -> dict:
+    """Run a planned run, or read it when it is done; return its results line, failed or not."""
+    try:
+        if run.done:
+            config = read_json(run.run_dir / CONFIG_FILE)
+            _check_current(run.run_dir, config, run.experiment, run.settings, labeled)
+        else:
+            _run(run.experiment, labeled, run.run_dir, run.settings, profile, progress)
+            config = read_json(run.run_dir / CONFIG_FILE)
+    except Exception as exc:  # a failed run is recorded and the others go on
+        return _failed(run.experiment, run.seed, run.run_dir, exc)
+    return _result(run.experiment, run.seed, run.run_dir, config)
+
+
+def _outcome(line: dict, run: PlannedRun) -> str:
+    """Say how a run ended: its accuracies, read from its folder, or why it failed."""
+    if line["status"] != "ok":
+        return f"failed: {line['error']}"
+    if run.done:
+        return f"already run, read from {run.run_dir}"
+    return f"validation {line['validation_accuracy']:.2f}%, test {line['test_accuracy']:.2f}%"
 
 
 def _run(experiment, labeled, run_dir, settings: TrainSettings, profile, progress) -> None:
@@ -155,11 +292,6 @@ def _line(experiment: Experiment, seed: int, run_dir: Path, status: str) -> dict
         "status": status,
         "run_dir": str(run_dir),
     }
-
-
-def _accuracies(line: dict) -> str:
-    """Say a run's validation and test accuracy."""
-    return f"validation {line['validation_accuracy']:.2f}%, test {line['test_accuracy']:.2f}%"
 
 
 def summarize(results: pd.DataFrame) -> pd.DataFrame:
