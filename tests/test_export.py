@@ -1,21 +1,26 @@
 """Exports: a run that needs no base, and a folder that transformers loads with our logits."""
 
 import json
+from importlib.metadata import PackageNotFoundError
 
+import pandas as pd
 import pytest
 import torch
+from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 
+from gptclassifier import export
 from gptclassifier.cli import main
-from gptclassifier.errors import ConfigError
-from gptclassifier.evaluation.inference import classify_with_run
-from gptclassifier.export import export_transformers
+from gptclassifier.errors import ConfigError, DataError
+from gptclassifier.evaluation.inference import classify_with_run, split_predictions
+from gptclassifier.export import TESTED_TRANSFORMERS_VERSION, export_transformers
+from gptclassifier.fine_tune import fine_tune
 from gptclassifier.model.classifier import adapt_for_classification
 from gptclassifier.model.lora import merge_lora
 from gptclassifier.model.tokenizer import PAD_TOKEN_ID
 from gptclassifier.model.weights import load_base_model
 from gptclassifier.runs import load_run, save_model
-from gptclassifier.settings import TrainSettings
+from gptclassifier.settings import TrainSettings, train_settings
 from gptclassifier.training.pooling import pool_logits
 
 MESSAGES = [
@@ -26,10 +31,11 @@ MESSAGES = [
 TOLERANCE = 1e-5
 
 
-def save_tiny_run(folder, pooling: str, **training):
+def save_tiny_run(folder, pooling: str, test_split: bool = True, **training):
     """Save a run of gpt2-nano with a changed trainable part and a two-way head with a bias.
 
-    `training` adds to the run's training settings (the trainable part: `last_block`).
+    `training` adds to the run's training settings (the trainable part: `last_block`); the
+    run's test split is MESSAGES, unless `test_split` is False.
     """
     base = load_base_model("gpt2-nano", seed=0)
     training = {"trainable": "last_block", "model": "gpt2-nano", "pooling": pooling, **training}
@@ -51,6 +57,10 @@ def save_tiny_run(folder, pooling: str, **training):
     }
     folder.mkdir()
     save_model(folder, model.eval(), config)
+    if test_split:
+        (folder / "data").mkdir()
+        frame = pd.DataFrame({"Label": [1, 0, 0], "Text": MESSAGES})
+        frame.to_csv(folder / "data" / "test.csv", index=False)
     return folder
 
 
@@ -67,7 +77,7 @@ def exported(tmp_path):
 
     def export(pooling: str):
         run = save_tiny_run(tmp_path / pooling, pooling)
-        folder = export_transformers(run, tmp_path / f"{pooling}-hf")
+        folder = export_transformers(run, tmp_path / f"{pooling}-hf", allow_pooling_change=True)
         return run, folder
 
     return export
@@ -105,12 +115,23 @@ def test_transformers_gives_our_logits_for_flexible_pooling_with_padding(
 def test_transformers_pipeline_classifies_as_the_run_does(transformers, exported):
     run, folder = exported("flexible")
     classify = transformers.pipeline("text-classification", model=str(folder), top_k=None)
-    answers = classify(MESSAGES)
+    answers = classify(MESSAGES, truncation=True)  # as the model card shows
     for answer, prediction in zip(answers, classify_with_run(run, MESSAGES), strict=True):
         scores = {entry["label"]: entry["score"] for entry in answer}
         assert set(scores) == {"ham", "spam"}
         assert max(scores, key=scores.get) == prediction.label
         assert scores[prediction.label] == pytest.approx(prediction.probability, abs=TOLERANCE)
+
+
+def test_truncation_cuts_a_long_message_where_the_run_cuts_it(transformers, exported):
+    run, folder = exported("flexible")
+    long = " ".join(MESSAGES * 4)
+    classify = transformers.pipeline("text-classification", model=str(folder), top_k=None)
+    [answer] = classify([long], truncation=True)
+    with pytest.warns(UserWarning, match="cut to the first 24"):
+        [prediction] = classify_with_run(run, [long])
+    scores = {entry["label"]: entry["score"] for entry in answer}
+    assert scores[prediction.label] == pytest.approx(prediction.probability, abs=TOLERANCE)
 
 
 def test_the_exported_folder_holds_a_config_the_tokenizer_and_float32_weights(
@@ -119,7 +140,8 @@ def test_the_exported_folder_holds_a_config_the_tokenizer_and_float32_weights(
     _, folder = exported("last")
     names = sorted(path.name for path in folder.iterdir())
     assert names == [
-        "config.json", "merges.txt", "model.safetensors", "tokenizer_config.json", "vocab.json"
+        "README.md", "config.json", "merges.txt", "model.safetensors", "tokenizer_config.json",
+        "vocab.json",
     ]  # fmt: skip
     config = json.loads((folder / "config.json").read_text())
     assert config["id2label"] == {"0": "ham", "1": "spam"}
@@ -178,3 +200,109 @@ def test_the_command_line_exports_for_transformers(transformers, tmp_path, capsy
     assert main(["export", str(run), "--format", "transformers", "--to", str(out)]) == 0
     assert capsys.readouterr().out.startswith(f"exported {run} to {out}: model.safetensors")
     assert transformers.GPT2ForSequenceClassification.from_pretrained(out).num_labels == 2
+
+
+# --- runs fine-tuned in the smoke profile, and what transformers predicts on their test split ---
+
+
+@pytest.fixture(scope="module")
+def smoke_runs(smoke_data, tmp_path_factory):
+    """Return a function that fine-tunes one seeded smoke-profile epoch with a pooling, once."""
+    runs = {}
+
+    def run(pooling: str):
+        if pooling not in runs:
+            settings = train_settings("smoke", pooling=pooling, num_epochs=1)
+            out = tmp_path_factory.mktemp("runs") / pooling
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setenv("GPTCLASSIFIER_CACHE", str(tmp_path_factory.mktemp("cache")))
+                runs[pooling] = fine_tune(smoke_data, settings, out, "smoke", progress=False)
+        return runs[pooling].run_dir
+
+    return run
+
+
+def transformers_agreement(transformers, run, folder) -> int:
+    """Count the test messages on which transformers, loading `folder`, predicts as the run does.
+
+    The run's predictions are split_predictions', its own computation; transformers reads each
+    message as its pipeline does with truncation=True. Every prediction on either side must be
+    clear of a tie, so that rounding cannot flip it.
+    """
+    ours = split_predictions(run, "test")
+    theirs = transformers.GPT2ForSequenceClassification.from_pretrained(folder).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    batch = tokenizer(list(ours["text"]), truncation=True, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        logits = theirs(**batch).logits
+    assert (logits[:, 1] - logits[:, 0]).abs().min() > 1e-4
+    assert (ours["P(spam)"] - 0.5).abs().min() > 1e-4
+    predicted = [theirs.config.id2label[index] for index in logits.argmax(dim=-1).tolist()]
+    return int((ours["predicted"] == predicted).sum())
+
+
+@pytest.mark.slow
+def test_a_last_token_run_is_refused_with_the_agreement_transformers_gives(
+    transformers, smoke_runs, tmp_path
+):
+    run = smoke_runs("last")
+    out = tmp_path / "hf"
+    with pytest.raises(ConfigError, match="--allow-pooling-change") as refusal:
+        export_transformers(run, out, progress=False)
+    assert not out.exists()
+    lines = []
+    export_transformers(run, out, allow_pooling_change=True, progress=False, log=lines.append)
+    agreed = transformers_agreement(transformers, run, out)
+    total = len(pd.read_csv(run / "data" / "test.csv"))
+    assert agreed < total  # the smoke run's last position and last real token disagree
+    said = f"on the run's {total} test messages the exported model agrees with the run on {agreed} "
+    assert said in str(refusal.value)
+    assert lines == [f"transformers will read the last real token; {said}({agreed / total:.1%})"]
+    assert said in (out / "README.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_flexible_run_exports_unchecked_and_transformers_predicts_as_the_run(
+    transformers, smoke_runs, tmp_path
+):
+    run = smoke_runs("flexible")
+    lines = []
+    out = export_transformers(run, tmp_path / "hf", progress=False, log=lines.append)
+    assert lines == []
+    total = len(pd.read_csv(run / "data" / "test.csv"))
+    assert transformers_agreement(transformers, run, out) == total
+    metrics = json.loads((run / "metrics.json").read_text())
+    results = ModelCard.load(out / "README.md").data.eval_results  # as the Hub reads the card
+    assert {(r.dataset_split, r.metric_type): r.metric_value for r in results} == {
+        (split, name): metrics[split][name]
+        for split in ("validation", "test")
+        for name in ("accuracy", "precision", "recall", "f1")
+    }
+
+
+def test_a_last_token_run_without_its_test_split_names_the_missing_file(tmp_path):
+    run = save_tiny_run(tmp_path / "run", "last", test_split=False)
+    with pytest.raises(DataError, match=r"data/test\.csv is missing"):
+        export_transformers(run, tmp_path / "hf", allow_pooling_change=True, progress=False)
+    assert not (tmp_path / "hf").exists()
+
+
+def test_config_names_the_transformers_installed_else_the_one_tested(
+    transformers, tmp_path, monkeypatch
+):
+    run = save_tiny_run(tmp_path / "run", "flexible")
+    folder = export_transformers(run, tmp_path / "hf")
+    assert json.loads((folder / "config.json").read_text())["transformers_version"] == (
+        transformers.__version__
+    )
+
+    def not_installed(name):
+        raise PackageNotFoundError(name)
+
+    monkeypatch.setattr(export, "version", not_installed)
+    folder = export_transformers(run, tmp_path / "hf", force=True)
+    config = json.loads((folder / "config.json").read_text())
+    assert config["transformers_version"] == TESTED_TRANSFORMERS_VERSION
+    assert transformers.GPT2Config.from_pretrained(folder).transformers_version == (
+        TESTED_TRANSFORMERS_VERSION
+    )

@@ -1,26 +1,63 @@
 """Standalone copies of a run: every parameter in one folder, or a folder for `transformers`."""
 
 import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+import pandas as pd
 import torch
 from safetensors.torch import save_file
+from torch.utils.data import Subset
 
-from gptclassifier.errors import ConfigError
-from gptclassifier.files import write_json
+from gptclassifier.data.loaders import SpamDataset, evaluation_loader
+from gptclassifier.errors import ConfigError, DataError
+from gptclassifier.files import read_json, write_json
 from gptclassifier.model.classifier import has_causal_mask
 from gptclassifier.model.gpt import GPTModel
 from gptclassifier.model.lora import merge_lora
-from gptclassifier.model.tokenizer import END_OF_TEXT, PAD_TOKEN_ID, vocabulary_files
+from gptclassifier.model.tokenizer import END_OF_TEXT, PAD_TOKEN_ID, get_tokenizer, vocabulary_files
 from gptclassifier.model.weights import (
     ATTENTION_PROJECTIONS,
     BLOCK_CONV1DS,
     BLOCK_NORMS,
     EMBEDDINGS_AND_FINAL_NORM,
 )
-from gptclassifier.runs import CONFIG_FILE, MODEL_FILE, load_run, run_writer, save_model
+from gptclassifier.model_card import model_card
+from gptclassifier.progress import progress_bar, silent
+from gptclassifier.runs import (
+    CONFIG_FILE,
+    MODEL_FILE,
+    ensure_run_dir_free,
+    load_run,
+    run_settings,
+    run_writer,
+    save_model,
+)
+from gptclassifier.training.device import choose_device
+from gptclassifier.training.loop import evaluating
+from gptclassifier.training.runners import PooledModel, classifier_runner
 
 FORMATS = ("run", "transformers")
+# config.json's transformers_version where transformers is not installed: the release that
+# tests/test_export.py loaded exported folders with when this format was last changed.
+TESTED_TRANSFORMERS_VERSION = "5.25.0"
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """On how many of a run's test messages transformers' reading predicts what the run does."""
+
+    agreed: int
+    total: int
+
+    def __str__(self) -> str:
+        share = self.agreed / self.total
+        return (
+            f"on the run's {self.total} test messages the exported model agrees with the run "
+            f"on {self.agreed} ({share:.1%})"
+        )
 
 
 def export_run(run_dir: Path, out_dir: Path, force: bool = False) -> Path:
@@ -39,15 +76,25 @@ def export_run(run_dir: Path, out_dir: Path, force: bool = False) -> Path:
     return Path(out_dir)
 
 
-def export_transformers(run_dir: Path, out_dir: Path, force: bool = False) -> Path:
+def export_transformers(
+    run_dir: Path,
+    out_dir: Path,
+    force: bool = False,
+    allow_pooling_change: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = silent,
+) -> Path:
     """Write a folder that transformers' GPT2ForSequenceClassification and pipeline load.
 
     transformers classifies at each message's last real token (its pad_token_id is
-    <|endoftext|>), as `flexible` pooling does, and at the last position of a message without
-    padding, as `last` pooling does; it has no way to read the first token or a mean. LoRA's
-    updates are merged into the weights. The tensors are float32, with GPT-2's tokenizer files
-    beside them.
+    <|endoftext|>), as `flexible` pooling does; it has no way to read the first token or a mean.
+    A `last`-pooled run read the last position of its padded batch instead: how often the export
+    still predicts what the run predicts is measured on the run's test split and logged, and
+    the export is refused unless `allow_pooling_change`. LoRA's updates are merged into the
+    weights. The tensors are float32, with GPT-2's tokenizer files (cutting a message to the
+    run's max_length with truncation=True, as the run did) and a model card beside them.
     """
+    ensure_run_dir_free(out_dir, force)  # before the measurement, not after
     model, config = load_run(run_dir)
     reads = {"first": "the first token", "mean": "the mean of every position"}
     if config["pooling"] in reads:
@@ -60,6 +107,15 @@ def export_transformers(run_dir: Path, out_dir: Path, force: bool = False) -> Pa
             f"{run_dir} was trained without the causal mask, and transformers' GPT-2 always "
             "applies it: it cannot be exported to it"
         )
+    agreement = None
+    if config["pooling"] == "last":
+        agreement = pooling_agreement(run_dir, progress)
+        log(f"transformers will read the last real token; {agreement}")
+        if not allow_pooling_change:
+            raise ConfigError(
+                f"{run_dir} classifies at the last position of its padded batch and transformers "
+                f"at the last real token: {agreement}; add --allow-pooling-change to export it"
+            )
     merge_lora(model)
     classes = config["classes"]
     model_config = config["model"]
@@ -82,13 +138,18 @@ def export_transformers(run_dir: Path, out_dir: Path, force: bool = False) -> Pa
         "id2label": dict(enumerate(classes)),
         "label2id": {name: index for index, name in enumerate(classes)},
         "dtype": "float32",
+        "transformers_version": transformers_version(),
     }
     tokenizer_config = {
         "tokenizer_class": "GPT2Tokenizer",
-        "model_max_length": model_config["context_length"],
+        # the most tokens of a message the run reads: truncation=True cuts messages as it did
+        "model_max_length": config["max_length"],
         **dict.fromkeys(("bos_token", "eos_token", "unk_token", "pad_token"), END_OF_TEXT),
         "add_prefix_space": False,
     }
+    metrics_file = Path(run_dir) / "metrics.json"
+    metrics = read_json(metrics_file) if metrics_file.is_file() else None
+    card = model_card(config, metrics, Path(out_dir).name, str(agreement) if agreement else None)
     vocab_bpe, encoder_json = vocabulary_files()
     with run_writer(out_dir, force) as staging:
         save_file(transformers_tensors(model), staging / MODEL_FILE, metadata={"format": "pt"})
@@ -96,7 +157,69 @@ def export_transformers(run_dir: Path, out_dir: Path, force: bool = False) -> Pa
         write_json(staging / "tokenizer_config.json", tokenizer_config)
         shutil.copy(encoder_json, staging / "vocab.json")
         shutil.copy(vocab_bpe, staging / "merges.txt")
+        (staging / "README.md").write_text(card, encoding="utf-8")
     return Path(out_dir)
+
+
+def transformers_version() -> str:
+    """Return the version of transformers installed here, else the one the export is tested with."""
+    try:
+        return version("transformers")
+    except PackageNotFoundError:
+        return TESTED_TRANSFORMERS_VERSION
+
+
+def pooling_agreement(run_dir: Path, progress: bool = True) -> Agreement:
+    """Count the run's test messages whose prediction transformers' reading leaves unchanged.
+
+    The run predicts as it computed in training (its pooling, its padding, its precision);
+    the exported folder reads each message cut to the run's max_length (as its tokenizer cuts
+    with truncation=True) at its last real token, in float32, with LoRA's updates merged.
+    """
+    device = choose_device()
+    model, config = load_run(run_dir, device)
+    settings = run_settings(config)
+    messages = _test_split(run_dir)
+    tokenizer = get_tokenizer()
+    dataset = SpamDataset(messages, tokenizer, config["max_length"])
+    # shortest first: the exported model's batches, cut to their longest message, stay short
+    padding = [row.count(PAD_TOKEN_ID) for row in dataset.encoded_texts]
+    by_length = Subset(dataset, sorted(range(len(dataset)), key=padding.__getitem__, reverse=True))
+    with progress_bar(2 * len(messages), "comparing with transformers", progress, "message") as bar:
+        ours = _predicted(
+            classifier_runner(model, settings, config["precision"]),
+            evaluation_loader(by_length, settings.batch_size, settings.trims_padding),
+            device,
+            bar,
+        )
+        theirs = _predicted(
+            PooledModel(merge_lora(model).float(), "flexible"),
+            evaluation_loader(by_length, settings.batch_size, trim=True),
+            device,
+            bar,
+        )
+    return Agreement(int((ours == theirs).sum()), len(messages))
+
+
+def _test_split(run_dir: Path) -> pd.DataFrame:
+    """Return a run's test messages, or say that measuring a change of pooling needs them."""
+    path = Path(run_dir) / "data" / "test.csv"
+    if not path.is_file():
+        raise DataError(
+            f"{path} is missing: exporting a last-token run measures on its test split how "
+            "often transformers predicts what it predicts (fine-tuning writes the split there)"
+        )
+    return pd.read_csv(path, keep_default_na=False)
+
+
+def _predicted(runner, loader, device, bar) -> torch.Tensor:
+    """Return the class a runner predicts for every message of a loader, moving `bar` along."""
+    predicted = []
+    with evaluating(runner):
+        for inputs, _ in loader:
+            predicted.append(runner(inputs.to(device)).argmax(dim=-1).cpu())
+            bar.update(len(inputs))
+    return torch.cat(predicted)
 
 
 @torch.no_grad()
