@@ -8,12 +8,19 @@ from pathlib import Path
 from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[1]
+PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 CONDA_NAMES = {"torch": "pytorch"}  # where conda-forge names a package differently
 
 
 def requirement_bounds(requirements):
     """Return {name: lower bound} for requirements written as `name>=version`."""
     return dict(re.fullmatch(r"([\w.-]+)>=([\w.]+)", line).groups() for line in requirements)
+
+
+def every_requirement() -> list[str]:
+    """Return the requirements of pyproject.toml: the dependencies and those of every extra."""
+    extras = PROJECT["optional-dependencies"].values()
+    return PROJECT["dependencies"] + [requirement for extra in extras for requirement in extra]
 
 
 def environment_entries():
@@ -26,13 +33,18 @@ def environment_entries():
     return entries
 
 
+def test_a_package_that_several_extras_need_has_one_floor():
+    floors = {}
+    for requirement in every_requirement():
+        name, bound = requirement_bounds([requirement]).popitem()
+        floors.setdefault(name, set()).add(bound)
+    assert {name: bounds for name, bounds in floors.items() if len(bounds) > 1} == {}
+
+
 def test_environment_yml_has_every_dependency_with_the_same_bound():
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    wanted = project["dependencies"] + [
-        requirement for extra in project["optional-dependencies"].values() for requirement in extra
-    ]
     bounds = {
-        CONDA_NAMES.get(name, name): bound for name, bound in requirement_bounds(wanted).items()
+        CONDA_NAMES.get(name, name): bound
+        for name, bound in requirement_bounds(every_requirement()).items()
     }
     entries = dict(entry.split(">=") for entry, _ in environment_entries() if ">=" in entry)
     assert entries == {name: bound for name, bound in bounds.items() if name != "pytorch"}
@@ -42,8 +54,7 @@ def test_torch_has_one_pin_that_meets_the_floor():
     makefile_pin = re.search(r"^TORCH \?= torch==(\S+)$", (ROOT / "Makefile").read_text(), re.M)
     pins = [entry for entry, _ in environment_entries() if entry.startswith("pytorch")]
     assert pins == [f"pytorch={makefile_pin.group(1)}"]
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    floor = requirement_bounds(project["dependencies"])["torch"]
+    floor = requirement_bounds(PROJECT["dependencies"])["torch"]
     assert Version(makefile_pin.group(1)) >= Version(floor)
     assert f"`torch=={makefile_pin.group(1)}`" in (ROOT / "README.md").read_text()
 

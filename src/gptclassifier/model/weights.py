@@ -123,8 +123,8 @@ def _cached(checkpoint: HubCheckpoint) -> Path | None:
 
 def _from_hub(checkpoint: HubCheckpoint, force: bool = False) -> Path:
     """Fetch a checkpoint's file into the Hugging Face cache with the Hub's client."""
-    from httpx2 import HTTPError  # the Hub client's transport: every network failure
     from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url
+    from huggingface_hub.errors import HTTPError  # its transport's base: every network failure
 
     repo, revision = checkpoint.repo, checkpoint.revision
     where = f"{repo} {WEIGHTS_FILE} at {revision[:7]}"
