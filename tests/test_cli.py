@@ -563,6 +563,19 @@ def test_the_command_exits_1_when_a_run_failed(tmp_path, capsys, monkeypatch):
     )
 
 
+def test_dry_run_lists_every_run_and_runs_nothing(tmp_path, capsys):
+    out = tmp_path / "experiments"
+    args = ["experiments", "--profile", "smoke", "--out", str(out), "--dry-run", "-q"]
+    assert main([*args, "--rows", "chapter,lora,tfidf", "--seeds", "1,2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["experiment", "seed", "minutes", "peak", "GB", "fits", "done"]
+    assert [line.split()[:2] for line in lines[1:-1]] == [
+        [name, seed] for name in ("chapter", "lora", "tfidf") for seed in ("1", "2")
+    ]
+    assert lines[-1].startswith("6 of 6 runs to do, about ")
+    assert not out.exists()
+
+
 def test_an_unknown_row_is_refused_in_one_line_before_any_work(tmp_path, capsys):
     out = tmp_path / "x"
     args = ["experiments", "--profile", "smoke", "--rows", "chapter,lore", "--out", str(out)]

@@ -215,7 +215,8 @@ def _add_experiments(commands, parents, profile: Profile) -> None:
     )  # fmt: skip
     experiments.add_argument(
         "--rows", type=_names, metavar="NAME,...",
-        help=f"experiments to run (default: those that fit this machine): {', '.join(EXPERIMENTS)}",
+        help="experiments to run (default: every row that fits this machine's memory): "
+        + ", ".join(EXPERIMENTS),
     )  # fmt: skip
     experiments.add_argument(
         "--seeds", type=_seeds, default=(123,), metavar="SEED,...",
@@ -224,6 +225,11 @@ def _add_experiments(commands, parents, profile: Profile) -> None:
     _setting(experiments, profile, "num_epochs", "passes over the data", "--epochs", type=int)
     experiments.add_argument("--out", type=Path, required=True, help="folder for runs and tables")
     experiments.add_argument("--redo", action="store_true", help="run again rows already run")
+    experiments.add_argument(
+        "--dry-run", action="store_true",
+        help="print every run's estimated minutes and peak memory, whether it fits this machine "
+        "and whether it is done; run nothing",
+    )  # fmt: skip
     experiments.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     experiments.set_defaults(handler=run_experiments_command)
 
@@ -345,7 +351,7 @@ def run_experiments_command(args: argparse.Namespace) -> int:
     """Run the chosen experiments, print the table; status 1 when a run failed."""
     choose_experiments(args.rows)  # an unknown name fails here, before any data is read
     # Imported here: training draws plots, and matplotlib takes half a second to import.
-    from gptclassifier.experiments.grid import TABLE_FILE, run_experiments
+    from gptclassifier.experiments.grid import TABLE_FILE, format_plan, run_experiments
 
     overrides = {"parsing": args.parsing, "num_epochs": args.num_epochs}
     overrides = {name: value for name, value in overrides.items() if value is not None}
@@ -353,8 +359,11 @@ def run_experiments_command(args: argparse.Namespace) -> int:
     data = load_data(args.data, parsing, args.profile, args.text_column, args.label_column)
     results = run_experiments(
         data, args.out, args.rows, args.seeds, args.profile, overrides,
-        args.redo, _shows_progress(args), log=_log(args),
+        args.redo, _shows_progress(args), _log(args), args.dry_run,
     )  # fmt: skip
+    if args.dry_run:
+        print(format_plan(results), end="")
+        return 0
     print((args.out / TABLE_FILE).read_text(encoding="utf-8"), end="")
     failed = int((results["status"] != "ok").sum())
     print(f"results in {args.out}: results.csv, {TABLE_FILE}, results.png and results.pdf")

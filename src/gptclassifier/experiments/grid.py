@@ -144,7 +144,7 @@ def run_experiments(
     First the plan (plan_experiments): each run's estimated minutes and peak memory against
     the memory available. By default the rows that would not fit are left out, a log line
     each; a row named in `names` that would not fit is refused before anything runs. With
-    `dry_run` nothing runs and the plan is returned (plan_frame; format_plan prints it).
+    `dry_run` nothing runs and the whole plan is returned (plan_frame; format_plan prints it).
     Each run is a run folder `<out_dir>/<name>/seed-<seed>` (a baseline's holds its metrics and
     configuration). A run already there is read, not run again, unless `redo`; a run that fails
     is recorded with its error and the others go on. The seed changes the head, the shuffles,
@@ -153,7 +153,7 @@ def run_experiments(
     """
     available = available_memory(choose_device())
     plan = plan_experiments(labeled, out_dir, names, seeds, profile, overrides, redo, available)
-    _refuse_or_leave_out(plan, available, refuse=bool(names), log=log)
+    _refuse_or_leave_out(plan, available, refuse=bool(names) and not dry_run, log=log)
     if dry_run:
         return plan_frame(plan)
     plan = [run for run in plan if run.fits]
