@@ -13,6 +13,8 @@ TORCH_INDEX ?=
 # `make train` needs the package alone; the lessons and the tests add the lab and dev extras.
 TRAIN_STAMP := $(VENV)/.setup-train
 SETUP_STAMP := $(VENV)/.setup-complete
+# `make bench` adds the bench extra: transformers' Trainer, the way practitioners train today.
+BENCH_STAMP := $(VENV)/.setup-bench
 # Where `make train` saves its run; a new folder each time, so no run is ever overwritten.
 RUN_DIR ?= runs/chapter-$(shell date +%Y%m%d-%H%M%S)
 # Where `make experiments` keeps its runs and tables; rows already there are read, not rerun.
@@ -46,6 +48,10 @@ $(SETUP_STAMP): $(TRAIN_STAMP)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[lab,dev]"
 	touch $@
 
+$(BENCH_STAMP): $(TRAIN_STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[bench]"
+	touch $@
+
 lab: setup ## Open JupyterLab on the lessons, at lesson 1 (LAB_ARGS: more JupyterLab options)
 	$(BIN)/python -m gptclassifier.lessons.lab $(LAB_ARGS)
 
@@ -55,10 +61,10 @@ prepare: setup-train ## Write the chapter's train/validation/test CSVs to data/p
 train: setup-train ## Fine-tune GPT-2 small as the chapter does (TRAIN_ARGS=--fast: the fastest way)
 	$(BIN)/gptclassifier train --profile book --out $(RUN_DIR) $(TRAIN_ARGS)
 
-experiments: setup-train ## The book's table of design experiments and two baselines (EXPERIMENT_ARGS="--rows chapter,lora --seeds 123,124,125")
+experiments: setup-train ## The book's design experiments that fit this machine, and two baselines (EXPERIMENT_ARGS=--dry-run: the plan only)
 	$(BIN)/gptclassifier experiments --profile book --out $(EXPERIMENTS_DIR) $(EXPERIMENT_ARGS)
 
-bench: setup-train ## Time every phase of the chapter's way and the fast ways, and how cost scales (BENCH_ARGS=--quick: about two minutes)
+bench: $(BENCH_STAMP) ## Time the chapter's loop, the package's ways and transformers' Trainer on the same work (BENCH_ARGS=--quick: minutes)
 	$(BIN)/python benchmarks/finetune_speed.py $(BENCH_ARGS)
 
 test: setup ## Run the tests, and strict nbval on every notebook

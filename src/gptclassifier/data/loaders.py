@@ -8,9 +8,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from gptclassifier.errors import DataError, check_choice
-from gptclassifier.settings import PADDINGS
 from gptclassifier.model.tokenizer import PAD_TOKEN_ID
-
+from gptclassifier.settings import PADDINGS
 
 
 class SpamDataset(Dataset):

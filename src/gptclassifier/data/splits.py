@@ -7,8 +7,8 @@ from pathlib import Path
 import pandas as pd
 
 from gptclassifier.data.sms import SMS_CLASSES, LabeledData, class_names
-from gptclassifier.files import atomic_writer
 from gptclassifier.errors import DataError
+from gptclassifier.files import atomic_writer
 
 SPLIT_NAMES = ("train", "validation", "test")
 METADATA_FILE = "dataset.json"
@@ -32,7 +32,6 @@ def create_balanced_dataset(df: pd.DataFrame, seed: int = 123) -> pd.DataFrame:
     return pd.concat(parts)
 
 
-
 def encode_labels(df: pd.DataFrame, classes: tuple[str, ...] = SMS_CLASSES) -> pd.DataFrame:
     """Return a copy whose `Label` holds class indices; labels already encoded pass through.
 
@@ -51,7 +50,6 @@ def encode_labels(df: pd.DataFrame, classes: tuple[str, ...] = SMS_CLASSES) -> p
         raise DataError(f"label {label!r} is neither a class name nor a class index")
 
     return df.assign(Label=df["Label"].map(encode).astype("int64"))
-
 
 
 def random_split(
@@ -73,8 +71,6 @@ def random_split(
             "with every part non-empty"
         )
     return splits
-
-
 
 
 def prepare_splits(
