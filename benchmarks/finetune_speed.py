@@ -321,7 +321,9 @@ def main() -> None:
     """Run every way on the same work, then the scaling runs; print the tables and speed-ups."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--quick", action="store_true", help="a reduced run, about two minutes, Trainer included"
+        "--quick",
+        action="store_true",
+        help="a reduced run of every way, Trainer included: a few minutes",
     )
     parser.add_argument("--data", help="the SMS Spam Collection file or zip")
     parser.add_argument("--no-scaling", action="store_true", help="skip the scaling table")
