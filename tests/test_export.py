@@ -280,9 +280,13 @@ def test_a_flexible_run_exports_unchecked_and_transformers_predicts_as_the_run(
     }
 
 
-def test_a_last_token_run_without_its_test_split_names_the_missing_file(tmp_path):
+@pytest.mark.parametrize("split", [None, "Label,Text\n"])
+def test_a_last_token_run_without_test_messages_names_the_file(tmp_path, split):
     run = save_tiny_run(tmp_path / "run", "last", test_split=False)
-    with pytest.raises(DataError, match=r"data/test\.csv is missing"):
+    if split is not None:
+        (run / "data").mkdir()
+        (run / "data" / "test.csv").write_text(split)
+    with pytest.raises(DataError, match=r"data/test\.csv is missing or empty"):
         export_transformers(run, tmp_path / "hf", allow_pooling_change=True, progress=False)
     assert not (tmp_path / "hf").exists()
 

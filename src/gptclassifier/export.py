@@ -204,12 +204,13 @@ def pooling_agreement(run_dir: Path, progress: bool = True) -> Agreement:
 def _test_split(run_dir: Path) -> pd.DataFrame:
     """Return a run's test messages, or say that measuring a change of pooling needs them."""
     path = Path(run_dir) / "data" / "test.csv"
-    if not path.is_file():
+    messages = pd.read_csv(path, keep_default_na=False) if path.is_file() else pd.DataFrame()
+    if messages.empty:
         raise DataError(
-            f"{path} is missing: exporting a last-token run measures on its test split how "
-            "often transformers predicts what it predicts (fine-tuning writes the split there)"
+            f"{path} is missing or empty: exporting a last-token run measures on its test split "
+            "how often transformers predicts what it predicts (fine-tuning writes the split there)"
         )
-    return pd.read_csv(path, keep_default_na=False)
+    return messages
 
 
 def _predicted(runner, loader, device, bar) -> torch.Tensor:
