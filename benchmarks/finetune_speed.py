@@ -39,7 +39,6 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
 from gptclassifier.data.loaders import create_datasets
 from gptclassifier.data.practice_set import generate_practice_messages
@@ -52,6 +51,7 @@ from gptclassifier.model.weights import cached_gpt2
 from gptclassifier.progress import progress_bar
 from gptclassifier.settings import FASTEST, TrainSettings
 from gptclassifier.training.device import choose_device, choose_precision
+from gptclassifier.training.estimate import matmul_gflops
 from gptclassifier.training.flops import Workload, count_flops
 
 LONGEST_MESSAGE = 120  # tokens: the real data's longest training message
@@ -98,23 +98,6 @@ def cpu_name() -> str:
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
-
-
-def matmul_gflops(dtype: torch.dtype, device: torch.device) -> float:
-    """Return the GFLOP/s of a plain (4096 x 768) by (768 x 3072) product, as nn.Linear runs it."""
-    x = torch.randn(4096, 768, dtype=dtype, device=device)
-    weight = torch.randn(3072, 768, dtype=dtype, device=device)
-    with torch.inference_mode():
-        for _ in range(3):
-            F.linear(x, weight)
-        repeats = 20
-        start = time.perf_counter()
-        for _ in range(repeats):
-            F.linear(x, weight)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        seconds = (time.perf_counter() - start) / repeats
-    return 2 * 4096 * 768 * 3072 / seconds / 1e9
 
 
 def cache_flops(splits: dict, settings: TrainSettings) -> float:

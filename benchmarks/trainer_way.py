@@ -37,9 +37,9 @@ from gptclassifier.data.loaders import create_datasets
 from gptclassifier.data.sms import LabeledData, load_data
 from gptclassifier.data.splits import prepare_splits
 from gptclassifier.errors import ConfigError, GptClassifierError
-from gptclassifier.export import transformers_tensors
+from gptclassifier.export import transformers_config, transformers_tensors
 from gptclassifier.model.classifier import adapt_for_classification
-from gptclassifier.model.gpt import model_config
+from gptclassifier.model.gpt import LayerNorm, model_config
 from gptclassifier.model.tokenizer import PAD_TOKEN_ID, get_tokenizer
 from gptclassifier.model.weights import cached_gpt2, load_base_model
 from gptclassifier.progress import Phases
@@ -52,14 +52,9 @@ QUICK_FRACTION = 0.05  # of the messages, sampled with the seed
 
 
 def hf_config(cfg: dict, num_classes: int) -> GPT2Config:
-    """Return the transformers configuration of a GPTModel configuration, for classification."""
-    dropout = cfg["drop_rate"]
-    return GPT2Config(
-        vocab_size=cfg["vocab_size"], n_positions=cfg["context_length"], n_embd=cfg["emb_dim"],
-        n_layer=cfg["n_layers"], n_head=cfg["n_heads"], resid_pdrop=dropout,
-        embd_pdrop=dropout, attn_pdrop=dropout, num_labels=num_classes,
-        pad_token_id=PAD_TOKEN_ID, bos_token_id=PAD_TOKEN_ID, eos_token_id=PAD_TOKEN_ID,
-    )  # fmt: skip
+    """Return transformers' configuration of a GPTModel configuration, for classification."""
+    classes = [f"LABEL_{index}" for index in range(num_classes)]  # the Trainer needs no names
+    return GPT2Config.from_dict(transformers_config(cfg, classes, LayerNorm(1).eps))
 
 
 def starting_weights(settings: TrainSettings, num_classes: int, folder: Path) -> Path:

@@ -376,6 +376,22 @@ def test_export_writes_a_run_that_needs_no_base(trained_run, tmp_path, capsys, m
         main(["classify", "--model", str(trained_run), "WIN a prize now!"])
 
 
+def test_export_to_transformers_refuses_a_pooling_change_unless_allowed(
+    trained_run, tmp_path, capsys
+):
+    out = tmp_path / "hf"
+    args = ["export", str(trained_run), "--to", str(out), "--format", "transformers", "-q"]
+    assert main(args) == 2
+    printed = capsys.readouterr()
+    agreement = re.search(r"on the run's \d+ test messages .+ on \d+ \(\d+\.\d%\)", printed.out)
+    assert agreement, printed.out  # shown even with -q: it is a caveat on the result
+    assert printed.err.count("\n") == 1 and "add --allow-pooling-change" in printed.err
+    assert agreement.group(0) in printed.err and not out.exists()
+    assert main([*args, "--allow-pooling-change"]) == 0
+    assert agreement.group(0) in capsys.readouterr().out
+    assert agreement.group(0) in (out / "README.md").read_text(encoding="utf-8")
+
+
 def test_train_is_the_chapter_by_default_and_the_fastest_way_on_request(tmp_path, capsys):
     base = ["train", "--profile", "smoke", "--no-progress", "--epochs", "1"]
     for name, way in (("default", []), ("chapter", ["--chapter"]), ("fast", ["--fast"])):

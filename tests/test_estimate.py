@@ -9,6 +9,7 @@ from dataclasses import replace
 import pytest
 import torch
 
+from gptclassifier.fine_tune import training_workload
 from gptclassifier.model.classifier import adapt_for_classification
 from gptclassifier.model.gpt import GPTModel, model_config
 from gptclassifier.settings import TrainSettings
@@ -18,7 +19,6 @@ from gptclassifier.training.estimate import (
     Estimate,
     estimate_run,
     matmul_gflops,
-    training_workload,
 )
 from gptclassifier.training.flops import Workload, count_flops
 from gptclassifier.training.loop import calc_loss_batch
@@ -190,7 +190,8 @@ def test_the_estimated_peak_and_minutes_hold_for_a_real_gpt2_small_run(tmp_path)
         from gptclassifier.data.sms import LabeledData, load_data
         from gptclassifier.fine_tune import fine_tune
         from gptclassifier.settings import train_settings
-        from gptclassifier.training.estimate import estimate_run, training_workload
+        from gptclassifier.fine_tune import training_workload
+        from gptclassifier.training.estimate import estimate_run
         warnings.simplefilter("ignore")
         labeled = load_data(profile="smoke")
         frame = labeled.frame.sample(300, random_state=0).reset_index(drop=True)

@@ -14,7 +14,7 @@ LAYERS = (
     ("model",),
     ("data", "training"),
     ("runs",),
-    ("evaluation",),
+    ("evaluation", "model_card"),
     ("fine_tune", "export"),
     ("experiments",),
     ("cli", "lessons"),

@@ -53,7 +53,8 @@ EXAMPLES = {
   gptclassifier classify --model runs/chapter - --threshold 0.9 < messages.txt""",
     "export": """
   gptclassifier export runs/chapter --to exported/chapter
-  gptclassifier export runs/fast --to exported/hf --format transformers""",
+  gptclassifier export runs/fast --to hf/fast --format transformers
+  gptclassifier export runs/chapter --to hf/chapter --format transformers --allow-pooling-change""",
 }
 
 
@@ -285,6 +286,11 @@ def _add_export(commands, parents) -> None:
         help="run: a run folder that needs no base model (default); transformers: a folder "
         "that GPT2ForSequenceClassification.from_pretrained and pipeline() load",
     )  # fmt: skip
+    export.add_argument(
+        "--allow-pooling-change", action="store_true",
+        help="with --format transformers: export a last-token run anyway (transformers reads each "
+        "message's last real token); it first says on how many test messages the two agree",
+    )  # fmt: skip
     export.add_argument("--force", action="store_true", help="replace an existing folder")
     export.set_defaults(handler=run_export)
 
@@ -418,8 +424,14 @@ def run_classify(args: argparse.Namespace) -> None:
 def run_export(args: argparse.Namespace) -> None:
     """Write a standalone copy of a run, in the chosen format, and say how big its weights are."""
     ensure_run_dir_free(args.out, args.force)
-    export = export_transformers if args.format == "transformers" else export_run
-    out = export(args.run, args.out, args.force)
+    if args.format == "transformers":
+        # The agreement is a caveat on the result, so it is shown even with -q.
+        out = export_transformers(
+            args.run, args.out, args.force, args.allow_pooling_change,
+            progress=_shows_progress(args), log=tqdm.write,
+        )  # fmt: skip
+    else:
+        out = export_run(args.run, args.out, args.force)
     size = (out / MODEL_FILE).stat().st_size / 1e6
     print(f"exported {args.run} to {out}: {MODEL_FILE} holds every parameter ({size:,.1f} MB)")
 

@@ -117,29 +117,7 @@ def export_transformers(
                 f"at the last real token: {agreement}; add --allow-pooling-change to export it"
             )
     merge_lora(model)
-    classes = config["classes"]
-    model_config = config["model"]
-    hf_config = {
-        "architectures": ["GPT2ForSequenceClassification"],
-        "model_type": "gpt2",
-        "vocab_size": model_config["vocab_size"],
-        "n_positions": model_config["context_length"],
-        "n_embd": model_config["emb_dim"],
-        "n_layer": model_config["n_layers"],
-        "n_head": model_config["n_heads"],
-        "activation_function": "gelu_new",  # the tanh approximation, as GPTModel's GELU
-        "layer_norm_epsilon": model.final_norm.eps,
-        "resid_pdrop": 0.0,
-        "embd_pdrop": 0.0,
-        "attn_pdrop": 0.0,
-        "bos_token_id": PAD_TOKEN_ID,
-        "eos_token_id": PAD_TOKEN_ID,
-        "pad_token_id": PAD_TOKEN_ID,
-        "id2label": dict(enumerate(classes)),
-        "label2id": {name: index for index, name in enumerate(classes)},
-        "dtype": "float32",
-        "transformers_version": transformers_version(),
-    }
+    hf_config = transformers_config(config["model"], config["classes"], model.final_norm.eps)
     tokenizer_config = {
         "tokenizer_class": "GPT2Tokenizer",
         # the most tokens of a message the run reads: truncation=True cuts messages as it did
@@ -221,6 +199,31 @@ def _predicted(runner, loader, device, bar) -> torch.Tensor:
             predicted.append(runner(inputs.to(device)).argmax(dim=-1).cpu())
             bar.update(len(inputs))
     return torch.cat(predicted)
+
+
+def transformers_config(model_config: dict, classes, layer_norm_epsilon: float) -> dict:
+    """Return GPT2ForSequenceClassification's config.json for a GPTModel's configuration."""
+    return {
+        "architectures": ["GPT2ForSequenceClassification"],
+        "model_type": "gpt2",
+        "vocab_size": model_config["vocab_size"],
+        "n_positions": model_config["context_length"],
+        "n_embd": model_config["emb_dim"],
+        "n_layer": model_config["n_layers"],
+        "n_head": model_config["n_heads"],
+        "activation_function": "gelu_new",  # the tanh approximation, as GPTModel's GELU
+        "layer_norm_epsilon": layer_norm_epsilon,
+        "resid_pdrop": 0.0,
+        "embd_pdrop": 0.0,
+        "attn_pdrop": 0.0,
+        "bos_token_id": PAD_TOKEN_ID,
+        "eos_token_id": PAD_TOKEN_ID,
+        "pad_token_id": PAD_TOKEN_ID,
+        "id2label": dict(enumerate(classes)),
+        "label2id": {name: index for index, name in enumerate(classes)},
+        "dtype": "float32",
+        "transformers_version": transformers_version(),
+    }
 
 
 @torch.no_grad()

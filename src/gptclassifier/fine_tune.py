@@ -15,6 +15,7 @@ from gptclassifier.errors import ConfigError
 from gptclassifier.evaluation.metrics import classification_metrics, confusion_matrix
 from gptclassifier.files import write_json
 from gptclassifier.model.classifier import adapt_for_classification, count_parameters
+from gptclassifier.model.gpt import model_config
 from gptclassifier.model.tokenizer import get_tokenizer
 from gptclassifier.model.weights import load_base_model
 from gptclassifier.plots import plot_confusion_matrix, plot_values, save_figure
@@ -27,6 +28,7 @@ from gptclassifier.training.device import (
     has_fused_adamw,
     parameter_dtype,
 )
+from gptclassifier.training.flops import Workload
 from gptclassifier.training.loop import History, train_classifier
 from gptclassifier.training.runners import cache_refusal, classifier_runner
 
@@ -94,6 +96,15 @@ def split_for_training(labeled: LabeledData, settings: TrainSettings) -> dict[st
             f"{len(splits['train'])} training messages: choose a smaller --batch-size"
         )
     return splits
+
+
+def training_workload(labeled: LabeledData, settings: TrainSettings) -> Workload:
+    """Return what fine-tuning on `labeled` with `settings` runs through: its split, tokenized."""
+    splits = prepare_splits(labeled, seed=settings.split_seed)
+    context = model_config(settings.model)["context_length"]
+    return Workload.of(
+        create_datasets(splits, get_tokenizer(), context, settings.padding), settings
+    )
 
 
 def build_classifier(settings: TrainSettings, num_classes: int, device, precision: str):

@@ -15,13 +15,13 @@ from gptclassifier.errors import ConfigError
 from gptclassifier.evaluation.baselines import baseline_metrics
 from gptclassifier.experiments.book_table import EXPERIMENTS, Experiment, choose_experiments
 from gptclassifier.files import atomic_writer, read_json, write_json
-from gptclassifier.fine_tune import fine_tune
+from gptclassifier.fine_tune import fine_tune, training_workload
 from gptclassifier.plots import save_figure
 from gptclassifier.progress import progress_bar, silent
 from gptclassifier.runs import CONFIG_FILE, run_writer
 from gptclassifier.settings import TrainSettings, train_settings
 from gptclassifier.training.device import choose_device
-from gptclassifier.training.estimate import GB, Estimate, estimate_run, training_workload
+from gptclassifier.training.estimate import GB, Estimate, estimate_run
 from gptclassifier.training.runners import available_memory
 
 RESULTS_FILE = "results.csv"

@@ -12,12 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from gptclassifier.data.loaders import create_datasets
-from gptclassifier.data.sms import LabeledData
-from gptclassifier.data.splits import prepare_splits
 from gptclassifier.model.classifier import adapt_for_classification, count_parameters
 from gptclassifier.model.gpt import GPTModel, model_config
-from gptclassifier.model.tokenizer import get_tokenizer
 from gptclassifier.model.weights import HUB_CHECKPOINTS
 from gptclassifier.settings import TrainSettings
 from gptclassifier.training.device import choose_device, choose_precision, parameter_dtype
@@ -64,15 +60,6 @@ class Estimate:
     def fits(self, available: int | None) -> bool:
         """Return whether the peak fits in `available` bytes, with headroom (unknown: it fits)."""
         return available is None or self.peak_bytes <= HEADROOM * available
-
-
-def training_workload(labeled: LabeledData, settings: TrainSettings) -> Workload:
-    """Return what fine-tuning on `labeled` with `settings` runs through: its split, tokenized."""
-    splits = prepare_splits(labeled, seed=settings.split_seed)
-    context = model_config(settings.model)["context_length"]
-    return Workload.of(
-        create_datasets(splits, get_tokenizer(), context, settings.padding), settings
-    )
 
 
 def estimate_run(
