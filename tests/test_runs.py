@@ -16,6 +16,7 @@ CONFIG = {
     "model": model_config("gpt2-nano"),
     "classes": ["ham", "spam"],
     "max_length": 20,
+    "pooling": "last",
     "precision": "float32",
     "training": {"trainable": "last_block", "model": "gpt2-nano"},
 }
@@ -75,7 +76,10 @@ def test_a_loaded_run_is_frozen_and_computes_as_in_training(tmp_path, classifier
     for precision, dtype in (("float32", torch.float32), ("float64", torch.float64)):
         run = tmp_path / precision
         run.mkdir()
-        save_model(run, classifier.to(dtype), {**config, "precision": precision})
+        training = {**config["training"], "precision": precision}
+        save_model(
+            run, classifier.to(dtype), {**config, "precision": precision, "training": training}
+        )
         model, _ = load_run(run)
         assert next(model.parameters()).dtype == dtype
         assert {n for n, p in model.named_parameters() if p.requires_grad} == {
@@ -117,10 +121,13 @@ def test_a_run_refuses_a_base_other_than_its_own(saved_run):
 
 def test_a_run_whose_pretrained_base_cannot_be_had_says_so(saved_run):
     def as_if_pretrained(config):
-        config["training"]["model"] = "gpt2-small"
+        config["training"] = {"trainable": "last_layer", "model": "gpt2-small"}
+        config["model"] = model_config("gpt2-small")
         config["provenance"]["weights"] |= {"source": "pretrained", "note": "openai-community/gpt2"}
 
     edit_config(saved_run, as_if_pretrained)
+    head = {"out_head.weight": torch.zeros(2, 768), "out_head.bias": torch.zeros(2)}
+    save_file(head, saved_run / "model.safetensors")  # what training gpt2-small's head saves
     with pytest.raises(
         DataError,
         match=r"its base model \(gpt2-small, openai-community/gpt2\) "
@@ -192,7 +199,9 @@ def test_missing_or_incomplete_runs_are_named(tmp_path, saved_run):
 
 def test_a_wrong_number_of_classes_is_explained(saved_run):
     edit_config(saved_run, lambda config: config.update(classes=["a", "b", "c"]))
-    with pytest.raises(DataError, match="2 classes in the weights, 3 in config.json"):
+    with pytest.raises(
+        DataError, match="the number of classes is 2 in the weights, 3 in config.json"
+    ):
         load_run(saved_run)
 
 
@@ -213,6 +222,142 @@ def test_a_wrong_shape_missing_or_extra_tensor_is_named(saved_run):
     save_file(state, saved_run / "model.safetensors")
     with pytest.raises(DataError, match="unexpected trf_blocks.0.norm1.scale"):
         load_run(saved_run)
+
+
+def edit_tensors(run, edit) -> None:
+    """Change a saved run's model.safetensors in place with `edit`, a function of the dict."""
+    state = load_file(run / "model.safetensors")
+    edit(state)
+    save_file(state, run / "model.safetensors")
+
+
+@pytest.fixture
+def standalone_run(tmp_path, classifier):
+    """Return the path of a saved run that holds every parameter of the tiny classifier."""
+    run = tmp_path / "standalone"
+    run.mkdir()
+    save_model(run, classifier, CONFIG, everything=True)
+    return run
+
+
+@pytest.mark.parametrize(
+    ("run", "edit", "message"),
+    [
+        (
+            "saved_run",
+            lambda state: state.update({"out_head.weight": torch.zeros(2, 64)}),
+            "model.emb_dim is 64 in the weights, 48 in config.json",
+        ),
+        (
+            "saved_run",
+            lambda state: state.pop("trf_blocks.2.att.W_query.bias"),
+            "model.qkv_bias is false in the weights, true in config.json",
+        ),
+        (
+            "saved_run",
+            lambda state: state.update({name: t.double() for name, t in state.items()}),
+            'precision is "float64" in the weights, "float32" in config.json',
+        ),
+        (
+            "standalone_run",
+            lambda state: [state.pop(name) for name in list(state) if "blocks.2." in name],
+            "model.n_layers is 2 in the weights, 3 in config.json",
+        ),
+        (
+            "standalone_run",
+            lambda state: state.update({"tok_emb.weight": torch.zeros(1000, 48)}),
+            "model.vocab_size is 1000 in the weights, 50257 in config.json",
+        ),
+        (
+            "standalone_run",
+            lambda state: state.update({"pos_emb.weight": torch.zeros(64, 48)}),
+            "model.context_length is 64 in the weights, 128 in config.json",
+        ),
+        (
+            "standalone_run",
+            lambda state: state.pop("tok_emb.weight"),
+            'saved_parameters is "trained" in the weights, "all" in config.json',
+        ),
+    ],
+)
+def test_what_the_tensors_tell_must_be_what_config_json_says(request, run, edit, message):
+    run = request.getfixturevalue(run)
+    edit_tensors(run, edit)
+    with pytest.raises(DataError) as refusal:
+        load_run(run)
+    assert (
+        str(refusal.value) == f"{run / 'model.safetensors'} does not match config.json: {message}"
+    )
+
+
+def test_a_standalone_run_relabelled_trained_is_refused_before_any_base_is_sought(standalone_run):
+    edit_config(standalone_run, lambda config: config.update(saved_parameters="trained"))
+    with pytest.raises(
+        DataError, match='saved_parameters is "all" in the weights, "trained" in config.json'
+    ):
+        load_run(standalone_run)  # CONFIG names no base model: the tensors refuse it first
+
+
+def test_a_run_relabelled_as_another_size_is_refused_by_its_tensors(standalone_run):
+    def as_gpt2_small(config):
+        config["training"]["model"] = "gpt2-small"
+        config["model"] = model_config("gpt2-small")
+
+    edit_config(standalone_run, as_gpt2_small)
+    with pytest.raises(DataError, match="model.n_layers is 3 in the weights, 12 in config.json"):
+        load_run(standalone_run)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            lambda config: config.update(precision="float64"),
+            'precision is "float64", but training.precision is "float32"',
+        ),
+        (
+            lambda config: config["model"].pop("n_heads"),
+            "model.n_heads is null, but training.model gpt2-nano has 3",
+        ),
+        (
+            lambda config: config.update(saved_parameters="some"),
+            'saved_parameters is "some", neither "trained" nor "all"',
+        ),
+        (
+            lambda config: config.update(max_length=500),
+            "max_length is 500, more than model.context_length 128",
+        ),
+    ],
+)
+def test_config_json_must_agree_with_itself(saved_run, edit, message):
+    edit_config(saved_run, edit)
+    with pytest.raises(DataError) as refusal:
+        load_run(saved_run)
+    assert str(refusal.value) == f"{saved_run / 'config.json'}: {message}"
+
+
+def test_a_bfloat16_run_keeps_float32_parameters(saved_run):
+    edit_config(saved_run, lambda config: config.update(precision="bfloat16"))
+    with pytest.raises(DataError, match='training.precision is "float32"'):
+        load_run(saved_run)
+    edit_config(saved_run, lambda config: config["training"].update(precision="auto"))
+    model, _ = load_run(saved_run)
+    assert {parameter.dtype for parameter in model.parameters()} == {torch.float32}
+
+
+def test_the_parameter_counts_recorded_must_be_the_models(saved_run, classifier):
+    total = sum(parameter.numel() for parameter in classifier.parameters())
+    trainable = sum(p.numel() for p in classifier.parameters() if p.requires_grad)
+    counts = {"total": total, "trainable": trainable}
+    edit_config(saved_run, lambda config: config.update(parameters=counts))
+    load_run(saved_run)
+    edit_config(saved_run, lambda config: config["parameters"].update(trainable=total))
+    with pytest.raises(DataError) as refusal:
+        load_run(saved_run)
+    assert str(refusal.value) == (
+        f"{saved_run / 'config.json'}: parameters.trainable is {total}, "
+        f"but the model it describes has {trainable}"
+    )
 
 
 def test_unreadable_files_are_data_errors(saved_run, config):

@@ -171,6 +171,8 @@ def evaluate_splits(
 def run_config(labeled, base, model, datasets, settings, profile, device, precision) -> dict:
     """Return what config.json records: the model, the data, the settings and their sources."""
     total, trainable = count_parameters(model)
+    # "model" and "pooling" repeat what training's model and pooling decide, for readers:
+    # load_run refuses a run whose copies disagree.
     return {
         "model": base.config,
         "classes": list(labeled.classes),

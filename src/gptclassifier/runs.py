@@ -3,8 +3,10 @@
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -13,8 +15,8 @@ from safetensors.torch import load_file, save_file
 
 from gptclassifier.errors import ConfigError, DataError, DownloadError, GptClassifierError
 from gptclassifier.files import read_json, write_json
-from gptclassifier.model.classifier import adapt_for_classification
-from gptclassifier.model.gpt import GPTModel
+from gptclassifier.model.classifier import adapt_for_classification, count_parameters
+from gptclassifier.model.gpt import GPTModel, model_config
 from gptclassifier.model.weights import base_digest, rebuild_base_model
 from gptclassifier.settings import TrainSettings
 from gptclassifier.training.device import parameter_dtype
@@ -23,6 +25,8 @@ MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 # What a run's model.safetensors holds (config.json's "saved_parameters"; runs without it: all).
 SAVED_TRAINED, SAVED_EVERYTHING = "trained", "all"
+BLOCK = re.compile(r"trf_blocks\.(\d+)\.")
+QUERY_WEIGHT = re.compile(r"trf_blocks\.\d+\.att\.W_query(\.linear)?\.weight")
 
 
 def ensure_run_dir_free(out_dir: Path, force: bool = False) -> None:
@@ -84,9 +88,11 @@ def save_model(run_dir: Path, model: GPTModel, config: dict, everything: bool = 
 def load_run(run_dir: Path, device: torch.device | str = "cpu") -> tuple[GPTModel, dict]:
     """Return the fine-tuned model of a run directory, frozen as in training, and its configuration.
 
-    Checks that the files exist, that every tensor has the shape that the configuration and
-    the number of classes imply, and that the base model rebuilt for a run of trained
-    parameters is the one it was trained on; never unpickles anything.
+    Checks that the files exist; that config.json states each fact it holds twice the same way
+    (the pooling, the model's dimensions beside its name); that every fact the tensors also tell
+    (what was saved, the precision, the dimensions, the classes, the LoRA rank) agrees; that
+    every tensor has the shape the configuration implies; and that the base model rebuilt for a
+    run of trained parameters is the one it was trained on. Never unpickles anything.
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -96,19 +102,19 @@ def load_run(run_dir: Path, device: torch.device | str = "cpu") -> tuple[GPTMode
         raise DataError(f"{run_dir}: incomplete run, {' and '.join(missing)} missing")
     try:
         config = read_json(run_dir / CONFIG_FILE)
-        everything = config.get("saved_parameters", SAVED_EVERYTHING) == SAVED_EVERYTHING
         settings = run_settings(config)
+        _check_copies(run_dir, config, settings)
+        state = _read_tensors(run_dir)
+        _check_against_tensors(run_dir, config, settings, state)
+        everything = config.get("saved_parameters", SAVED_EVERYTHING) == SAVED_EVERYTHING
         model = GPTModel(config["model"]) if everything else _base_of(run_dir, config)
         adapt_for_classification(model, settings, len(config["classes"]))
         model.to(parameter_dtype(config["precision"]))
+        _check_counts(run_dir, config, model)
     except (json.JSONDecodeError, KeyError, TypeError, AttributeError, ConfigError) as exc:
         raise DataError(
             f"{run_dir / CONFIG_FILE}: not a gptclassifier run configuration ({exc})"
         ) from None
-    try:
-        state = load_file(run_dir / MODEL_FILE)
-    except (SafetensorError, OSError) as exc:
-        raise DataError(f"{run_dir / MODEL_FILE}: cannot read it ({exc})") from None
     _check_shapes(_saved_parameters(model, everything), state, run_dir)
     model.load_state_dict(state, strict=everything)
     return model.to(device).eval(), config
@@ -153,13 +159,109 @@ def _check_shapes(expected: dict, state: dict, run_dir: Path) -> None:
     if state.keys() != expected.keys():
         missing = sorted(expected.keys() - state.keys())
         extra = sorted(state.keys() - expected.keys())
-        detail = f"missing {missing[0]}" if missing else f"unexpected {extra[0]}"
-        raise DataError(f"{run_dir / MODEL_FILE} does not match {CONFIG_FILE}: {detail}")
+        raise _mismatch(run_dir, f"missing {missing[0]}" if missing else f"unexpected {extra[0]}")
     for name, tensor in expected.items():
         if state[name].shape != tensor.shape:
-            what = (
-                f"{state[name].shape[0]} classes in the weights, {tensor.shape[0]} in {CONFIG_FILE}"
-                if name.startswith("out_head.") and ".lora." not in name
-                else f"{name} has shape {tuple(state[name].shape)}, expected {tuple(tensor.shape)}"
+            found = tuple(state[name].shape)
+            raise _mismatch(run_dir, f"{name} has shape {found}, expected {tuple(tensor.shape)}")
+
+
+def _check_copies(run_dir: Path, config: dict, settings: TrainSettings) -> None:
+    """Raise a DataError naming the first fact that config.json states twice, differently.
+
+    Readers use the top-level pooling and model, while the model is rebuilt from training's.
+    """
+    size = model_config(settings.model)
+    copies = [
+        (f"model.{key}", config["model"].get(key), f"training.model {settings.model} has", value)
+        for key, value in size.items()
+    ]
+    pooling = config.get("pooling", settings.pooling)
+    copies.append(("pooling", pooling, "training.pooling is", settings.pooling))
+    if settings.precision != "auto":  # else config.json records the precision that "auto" chose
+        copies.append(
+            ("precision", config["precision"], "training.precision is", settings.precision)
+        )
+    for field, value, reference, expected in copies:
+        if value != expected:
+            raise DataError(
+                f"{run_dir / CONFIG_FILE}: {field} is {json.dumps(value)}, "
+                f"but {reference} {json.dumps(expected)}"
             )
-            raise DataError(f"{run_dir / MODEL_FILE} does not match {CONFIG_FILE}: {what}")
+    saved = config.get("saved_parameters", SAVED_EVERYTHING)
+    if saved not in (SAVED_TRAINED, SAVED_EVERYTHING):
+        raise DataError(
+            f"{run_dir / CONFIG_FILE}: saved_parameters is {json.dumps(saved)}, "
+            f"neither {json.dumps(SAVED_TRAINED)} nor {json.dumps(SAVED_EVERYTHING)}"
+        )
+    if config.get("max_length", 0) > size["context_length"]:
+        raise DataError(
+            f"{run_dir / CONFIG_FILE}: max_length is {config['max_length']}, "
+            f"more than model.context_length {size['context_length']}"
+        )
+
+
+def _read_tensors(run_dir: Path) -> dict[str, torch.Tensor]:
+    """Return the tensors of a run's model.safetensors, or refuse a file that is not one."""
+    try:
+        return load_file(run_dir / MODEL_FILE)
+    except (SafetensorError, OSError) as exc:
+        raise DataError(f"{run_dir / MODEL_FILE}: cannot read it ({exc})") from None
+
+
+def _check_against_tensors(
+    run_dir: Path, config: dict, settings: TrainSettings, state: dict
+) -> None:
+    """Raise a DataError naming the first fact that the tensors and config.json tell differently."""
+    for field, in_weights, in_config in _facts_in_both(config, settings, state):
+        if in_weights != in_config:
+            raise _mismatch(
+                run_dir,
+                f"{field} is {json.dumps(in_weights)} in the weights, "
+                f"{json.dumps(in_config)} in {CONFIG_FILE}",
+            )
+
+
+def _facts_in_both(config: dict, settings: TrainSettings, state: dict) -> Iterator[tuple]:
+    """Yield (field, what the tensors show, what config.json records) for each fact both tell."""
+    everything = "tok_emb.weight" in state  # no strategy but "all" trains the embeddings
+    saved = SAVED_EVERYTHING if everything else SAVED_TRAINED
+    yield "saved_parameters", saved, config.get("saved_parameters", SAVED_EVERYTHING)
+    # bfloat16 runs keep float32 parameters: float32 weights agree with either precision.
+    precision = config["precision"]
+    dtypes = sorted({str(tensor.dtype).removeprefix("torch.") for tensor in state.values()})
+    kept = str(parameter_dtype(precision)).removeprefix("torch.")
+    yield "precision", precision if dtypes == [kept] else "/".join(dtypes), precision
+    model = config["model"]
+    if everything:
+        blocks = {int(match[1]) for name in state if (match := BLOCK.match(name))}
+        yield "model.n_layers", max(blocks, default=-1) + 1, model["n_layers"]
+        yield "model.vocab_size", state["tok_emb.weight"].shape[0], model["vocab_size"]
+        if "pos_emb.weight" in state:
+            yield "model.context_length", state["pos_emb.weight"].shape[0], model["context_length"]
+    head = state.get("out_head.weight", state.get("out_head.linear.weight"))
+    if head is not None:
+        yield "model.emb_dim", head.shape[1], model["emb_dim"]
+        yield "the number of classes", head.shape[0], len(config["classes"])
+    query = next((name for name in state if QUERY_WEIGHT.fullmatch(name)), None)
+    if query:
+        yield "model.qkv_bias", query.removesuffix("weight") + "bias" in state, model["qkv_bias"]
+    ranks = [tensor.shape[1] for name, tensor in state.items() if name.endswith(".lora.A")]
+    if ranks:
+        yield "training.lora_rank", ranks[0], settings.lora_rank
+
+
+def _check_counts(run_dir: Path, config: dict, model: GPTModel) -> None:
+    """Raise a DataError when config.json's parameter counts are not the rebuilt model's."""
+    counted = dict(zip(("total", "trainable"), count_parameters(model), strict=True))
+    for key, recorded in config.get("parameters", {}).items():
+        if key in counted and recorded != counted[key]:
+            raise DataError(
+                f"{run_dir / CONFIG_FILE}: parameters.{key} is {json.dumps(recorded)}, "
+                f"but the model it describes has {counted[key]}"
+            )
+
+
+def _mismatch(run_dir: Path, detail: str) -> DataError:
+    """Return the DataError for a model.safetensors that does not fit its config.json."""
+    return DataError(f"{run_dir / MODEL_FILE} does not match {CONFIG_FILE}: {detail}")
