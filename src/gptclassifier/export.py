@@ -13,7 +13,7 @@ from torch.utils.data import Subset
 
 from gptclassifier.data.loaders import SpamDataset, evaluation_loader
 from gptclassifier.errors import ConfigError, DataError
-from gptclassifier.files import read_json, write_json
+from gptclassifier.files import locks_out_dir, read_json, write_json
 from gptclassifier.model.classifier import has_causal_mask
 from gptclassifier.model.gpt import GPTModel
 from gptclassifier.model.lora import merge_lora
@@ -60,11 +60,13 @@ class Agreement:
         )
 
 
+@locks_out_dir
 def export_run(run_dir: Path, out_dir: Path, force: bool = False) -> Path:
     """Write a copy of a run whose model.safetensors holds every parameter; return its folder.
 
     The other files (metrics, history, plots, the splits) are copied as they are.
     """
+    ensure_run_dir_free(out_dir, force)
     model, config = load_run(run_dir)
     with run_writer(out_dir, force) as staging:
         for item in Path(run_dir).iterdir():
@@ -76,6 +78,7 @@ def export_run(run_dir: Path, out_dir: Path, force: bool = False) -> Path:
     return Path(out_dir)
 
 
+@locks_out_dir
 def export_transformers(
     run_dir: Path,
     out_dir: Path,

@@ -13,7 +13,7 @@ from gptclassifier.data.sms import LabeledData
 from gptclassifier.data.splits import SPLIT_NAMES, prepare_splits, write_splits
 from gptclassifier.errors import ConfigError
 from gptclassifier.evaluation.metrics import classification_metrics, confusion_matrix
-from gptclassifier.files import write_json
+from gptclassifier.files import locks_out_dir, write_json
 from gptclassifier.model.classifier import adapt_for_classification, count_parameters
 from gptclassifier.model.gpt import model_config
 from gptclassifier.model.tokenizer import get_tokenizer
@@ -44,6 +44,7 @@ class RunResult:
     phases: Phases
 
 
+@locks_out_dir
 def fine_tune(
     labeled: LabeledData,
     settings: TrainSettings,
@@ -60,7 +61,8 @@ def fine_tune(
     The phases are timed by name (model, tokenizing, cache pass, training, evaluation,
     saving), as `make bench` reports them; `progress` shows a bar for each long one.
     `on_update` gets the history after each measurement (for a live view), as
-    train_classifier passes it on. `device`: auto, cpu, cuda or mps.
+    train_classifier passes it on. `device`: auto, cpu, cuda or mps. `out_dir` is locked from
+    the start: another command aimed at it is refused at once, before it loads anything.
     """
     ensure_run_dir_free(out_dir, force)  # before hours of training, not after
     phases = Phases()

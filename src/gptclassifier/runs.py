@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from gptclassifier.errors import ConfigError, DataError, DownloadError, GptClassifierError
-from gptclassifier.files import read_json, write_json
+from gptclassifier.files import output_lock, read_json, refuse_if_busy, write_json
 from gptclassifier.model.classifier import adapt_for_classification, count_parameters
 from gptclassifier.model.gpt import GPTModel, model_config
 from gptclassifier.model.weights import base_digest, rebuild_base_model
@@ -30,35 +31,45 @@ QUERY_WEIGHT = re.compile(r"trf_blocks\.\d+\.att\.W_query(\.linear)?\.weight")
 
 
 def ensure_run_dir_free(out_dir: Path, force: bool = False) -> None:
-    """Refuse to go on if `out_dir` already exists, unless `force` allows replacing it."""
+    """Refuse to go on if another process writes `out_dir`, or if it exists and not `force`."""
     out_dir = Path(out_dir)
+    refuse_if_busy(out_dir)
     if out_dir.exists() and not force:
         raise GptClassifierError(f"{out_dir} already exists: choose another --out or add --force")
 
 
 @contextlib.contextmanager
 def run_writer(out_dir: Path, force: bool = False):
-    """Yield a temporary folder that replaces `out_dir` only if the block completes.
+    """Yield a temporary folder that becomes `out_dir` only if the block completes.
 
-    An error or Ctrl-C inside the block removes the temporary folder and leaves any existing
-    `out_dir` exactly as it was.
+    The lock on `out_dir` is held throughout. An error or Ctrl-C inside the block removes the
+    temporary folder and leaves any existing `out_dir` exactly as it was. An existing `out_dir`
+    (one that appeared while the block ran: callers check before their work) is replaced only
+    with `force`; otherwise the new folder is kept beside it, under a name that says so.
     """
     out_dir = Path(out_dir)
-    ensure_run_dir_free(out_dir, force)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.partial-"))
-    try:
-        yield staging
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    previous = None
-    if out_dir.exists():
-        previous = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.old-"))
-        os.replace(out_dir, previous / out_dir.name)
-    os.replace(staging, out_dir)
-    if previous:
-        shutil.rmtree(previous, ignore_errors=True)
+    with output_lock(out_dir):
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.partial-"))
+        try:
+            yield staging
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        if out_dir.exists() and not force:
+            kept = out_dir.with_name(f"{out_dir.name}.new-{time.strftime('%Y%m%d-%H%M%S')}")
+            os.rename(staging, kept)
+            raise GptClassifierError(
+                f"{out_dir} already exists: the new result is kept beside it in {kept}; "
+                f"add --force to let it replace {out_dir}"
+            )
+        previous = None
+        if out_dir.exists():
+            previous = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.old-"))
+            os.replace(out_dir, previous / out_dir.name)
+        os.replace(staging, out_dir)
+        if previous:
+            shutil.rmtree(previous, ignore_errors=True)
 
 
 def run_settings(config: dict) -> TrainSettings:

@@ -8,7 +8,7 @@ import pandas as pd
 
 from gptclassifier.data.sms import SMS_CLASSES, LabeledData, class_names
 from gptclassifier.errors import DataError
-from gptclassifier.files import atomic_writer
+from gptclassifier.files import atomic_writer, locks_out_dir
 
 SPLIT_NAMES = ("train", "validation", "test")
 METADATA_FILE = "dataset.json"
@@ -95,6 +95,7 @@ def count_labels(splits: dict[str, pd.DataFrame], classes: tuple[str, ...]) -> p
     return table.assign(total=table.sum(axis=1))
 
 
+@locks_out_dir
 def write_splits(
     splits: dict[str, pd.DataFrame], data: LabeledData, out_dir: Path, **settings
 ) -> list[Path]:

@@ -1,5 +1,6 @@
 """Running the book's design experiments over several seeds, and their table and figure."""
 
+import contextlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -14,7 +15,7 @@ from gptclassifier.data.splits import SPLIT_NAMES, prepare_splits, write_splits
 from gptclassifier.errors import ConfigError
 from gptclassifier.evaluation.baselines import baseline_metrics
 from gptclassifier.experiments.book_table import EXPERIMENTS, Experiment, choose_experiments
-from gptclassifier.files import atomic_writer, read_json, write_json
+from gptclassifier.files import atomic_writer, output_lock, read_json, write_json
 from gptclassifier.fine_tune import fine_tune, training_workload
 from gptclassifier.plots import save_figure
 from gptclassifier.progress import progress_bar, silent
@@ -149,31 +150,33 @@ def run_experiments(
     configuration). A run already there is read, not run again, unless `redo`; a run that fails
     is recorded with its error and the others go on. The seed changes the head, the shuffles,
     LoRA's and random weights. Writes results.csv, results.md and the results figure to
-    `out_dir` and returns the lines.
+    `out_dir` and returns the lines. `out_dir` is locked throughout, except in a dry run,
+    which writes nothing: another command aimed at it is refused at once.
     """
-    available = available_memory(choose_device())
-    plan = plan_experiments(labeled, out_dir, names, seeds, profile, overrides, redo, available)
-    _refuse_or_leave_out(plan, available, refuse=bool(names) and not dry_run, log=log)
-    if dry_run:
-        return plan_frame(plan)
-    plan = [run for run in plan if run.fits]
-    minutes_left = sum(run.minutes for run in plan)
-    log(f"{len(plan)} runs, about {minutes_left:.1f} minutes of training")
-    lines = []
-    bar = progress_bar(sum(not run.done for run in plan), "experiments", progress, unit="run")
-    with bar:
-        for index, run in enumerate(plan, start=1):
-            lines.append(_run_or_read(run, labeled, profile, progress))
-            outcome = _outcome(lines[-1], run)
-            if not run.done:
-                minutes_left = max(minutes_left - run.minutes, 0.0)
-                bar.update()
-                bar.set_postfix_str(f"about {minutes_left:.1f} min left")
-                outcome += f"; about {minutes_left:.1f} min left"
-            log(f"[{index}/{len(plan)}] {run.experiment.name}, seed {run.seed}: {outcome}")
-    results = pd.DataFrame(lines)
-    write_results(results, out_dir)
-    return results
+    with contextlib.nullcontext() if dry_run else output_lock(out_dir):
+        available = available_memory(choose_device())
+        plan = plan_experiments(labeled, out_dir, names, seeds, profile, overrides, redo, available)
+        _refuse_or_leave_out(plan, available, refuse=bool(names) and not dry_run, log=log)
+        if dry_run:
+            return plan_frame(plan)
+        plan = [run for run in plan if run.fits]
+        minutes_left = sum(run.minutes for run in plan)
+        log(f"{len(plan)} runs, about {minutes_left:.1f} minutes of training")
+        lines = []
+        bar = progress_bar(sum(not run.done for run in plan), "experiments", progress, unit="run")
+        with bar:
+            for index, run in enumerate(plan, start=1):
+                lines.append(_run_or_read(run, labeled, profile, progress))
+                outcome = _outcome(lines[-1], run)
+                if not run.done:
+                    minutes_left = max(minutes_left - run.minutes, 0.0)
+                    bar.update()
+                    bar.set_postfix_str(f"about {minutes_left:.1f} min left")
+                    outcome += f"; about {minutes_left:.1f} min left"
+                log(f"[{index}/{len(plan)}] {run.experiment.name}, seed {run.seed}: {outcome}")
+        results = pd.DataFrame(lines)
+        write_results(results, out_dir)
+        return results
 
 
 def _refuse_or_leave_out(plan, available: int | None, refuse: bool, log) -> None:
