@@ -169,6 +169,44 @@ def test_a_run_fits_where_its_peak_is_within_the_headroom():
     assert estimate.fits(None)  # memory unknown: nothing is refused
 
 
+PARTS = ("interpreter", "parameters", "loading", "gradients", "optimizer", "activations", "cache")
+
+
+@pytest.mark.parametrize(
+    ("parts", "changes", "remedy"),
+    [
+        ({"parameters": 4, "loading": 4, "cache": 7}, {}, "a smaller --model"),
+        (
+            {"parameters": 4, "gradients": 4, "optimizer": 8},
+            {"trainable": "all"},
+            "fewer trainable layers (--trainable last_block) or --trainable lora",
+        ),
+        ({"parameters": 4, "activations": 9}, {}, "a smaller --batch-size"),
+        ({"parameters": 4, "activations": 9}, {"batch_size": 1}, "a smaller --model"),
+        ({"parameters": 4, "cache": 9}, {}, "--pooling flexible"),
+        ({"parameters": 4, "cache": 9}, {"pooling": "flexible"}, "a smaller --model"),
+    ],
+)
+def test_the_remedy_shrinks_the_largest_part_that_a_setting_can(parts, changes, remedy):
+    estimate = Estimate(dict.fromkeys(PARTS, 0) | parts, minutes=1.0)
+    assert estimate.remedy(replace(NANO, **changes)) == remedy
+
+
+def test_gpt2_xl_is_told_to_train_fewer_layers_or_use_a_smaller_model():
+    xl = replace(NANO, model="gpt2-xl")
+    last_block = estimate_run(xl, workload(120, 8), device=CPU)
+    every_layer = estimate_run(replace(xl, trainable="all"), workload(120, 8), device=CPU)
+    assert last_block.remedy(xl) == "a smaller --model"
+    assert every_layer.remedy(replace(xl, trainable="all")).startswith("fewer trainable layers")
+
+
+def test_the_need_is_said_in_gb_against_what_is_available():
+    estimate = Estimate(dict.fromkeys(PARTS, 0) | {"parameters": 25_340_000_000}, minutes=1.0)
+    assert estimate.needs(8 * 10**9) == (
+        "needs about 25.3 GB of memory at its peak and this machine has 8.0 GB available"
+    )
+
+
 def test_training_workload_pads_as_the_run_will(smoke_data):
     longest = training_workload(smoke_data, NANO)
     context = training_workload(smoke_data, replace(NANO, padding="context"))
@@ -181,10 +219,29 @@ def test_the_matrix_product_probe_measures_a_speed():
     assert 0.1 < speed < 1e6 and matmul_gflops(torch.float32, CPU) == speed  # measured once
 
 
+def test_the_probe_leaves_the_global_generator_alone():
+    state = torch.random.get_rng_state()
+    matmul_gflops.__wrapped__(torch.float32, CPU, seconds=0.01)  # measured again, not cached
+    assert torch.equal(torch.random.get_rng_state(), state)
+
+
 @pytest.mark.slow
-def test_the_estimated_peak_and_minutes_hold_for_a_real_gpt2_small_run(tmp_path):
-    # GPT-2 small, random weights, one epoch on 300 practice messages, in a fresh process:
-    # about 1.1 GB at its peak and 20 s on a quiet 2-core CPU.
+@pytest.mark.parametrize(
+    ("changes", "messages", "timed"),
+    [
+        # estimated against measured on a 2-core CPU: 1,176 MB and 1,096 MB at the peak
+        ({}, 300, True),
+        ({"trainable": "all"}, 100, True),  # 2,744 MB and 2,562 MB: gradients and AdamW's state
+        ({"trainable": "lora"}, 100, True),  # 1,296 MB and 1,464 MB
+        # the smoke grid's largest, 659 MB and 622 MB; its 2 s are mostly the fixed cost of a
+        # run, which the estimate takes from the chapter's run (5 s)
+        ({"model": "gpt2-nano-xl", "trainable": "all"}, 300, False),
+    ],
+)
+def test_the_estimated_peak_and_minutes_hold_for_real_runs(tmp_path, changes, messages, timed):
+    # GPT-2 small (or a stand-in), random weights, one epoch on practice messages, in a fresh
+    # process, so that its peak resident memory is the run's own.
+    changes = {"model": "gpt2-small", "weights": "random", "num_epochs": 1} | changes
     script = textwrap.dedent(f"""
         import json, resource, time, warnings
         from gptclassifier.data.sms import LabeledData, load_data
@@ -194,9 +251,9 @@ def test_the_estimated_peak_and_minutes_hold_for_a_real_gpt2_small_run(tmp_path)
         from gptclassifier.training.estimate import estimate_run
         warnings.simplefilter("ignore")
         labeled = load_data(profile="smoke")
-        frame = labeled.frame.sample(300, random_state=0).reset_index(drop=True)
+        frame = labeled.frame.sample({messages}, random_state=0).reset_index(drop=True)
         labeled = LabeledData(frame, labeled.classes, labeled.provenance)
-        settings = train_settings("smoke", model="gpt2-small", weights="random", num_epochs=1)
+        settings = train_settings("smoke", **{changes!r})
         estimate = estimate_run(settings, training_workload(labeled, settings))
         start = time.perf_counter()
         fine_tune(labeled, settings, {str(tmp_path / "run")!r}, "smoke", progress=False)
@@ -208,7 +265,6 @@ def test_the_estimated_peak_and_minutes_hold_for_a_real_gpt2_small_run(tmp_path)
         [sys.executable, "-c", script], capture_output=True, text=True, check=True
     )
     estimated_peak, peak, estimated_seconds, seconds = json.loads(result.stdout.splitlines()[-1])
-    assert estimated_peak == pytest.approx(peak, rel=0.2)  # measured: 1,122 MB against 1,044
-    assert (
-        seconds / 4 < estimated_seconds < 4 * seconds
-    )  # a busy CPU slows runs more than its probe
+    assert estimated_peak == pytest.approx(peak, rel=0.25)
+    if timed:  # a busy CPU slows runs more than its probe
+        assert seconds / 4 < estimated_seconds < 4 * seconds

@@ -14,6 +14,7 @@ from gptclassifier.experiments.grid import (
     format_plan,
     markdown_table,
     plan_experiments,
+    plot_experiments,
     run_experiments,
     summarize,
 )
@@ -176,14 +177,18 @@ def test_a_dry_run_plans_every_row_and_leaves_out_what_would_not_fit(
     monkeypatch.setattr(experiments, "fine_tune", must_not_train)
     lines = []
     plan = run_experiments(
-        smoke_data, tmp_path / "out", seeds=[1, 2], profile="smoke", log=lines.append,
+        smoke_data,
+        tmp_path / "out",
+        seeds=[1, 2],
+        profile="book",
+        log=lines.append,
         dry_run=True,
-    )  # fmt: skip
+    )  # fmt: skip (the book's sizes, estimated on the smoke data)
     assert not (tmp_path / "out").exists()  # nothing runs, nothing is written
     assert len(plan) == 2 * len(EXPERIMENTS) and not plan["done"].any()
     rows = plan.set_index(["experiment", "seed"])
     assert not rows.loc[("gpt2-xl_all", 1), "fits"] and rows.loc[("gpt2-xl_all", 1), "peak_gb"] > 24
-    assert rows.loc[("chapter", 2), "fits"] and rows.loc[("chapter", 2), "peak_gb"] < 1
+    assert rows.loc[("chapter", 2), "fits"] and rows.loc[("chapter", 2), "peak_gb"] < 2
     assert (plan["fits"] == (plan["peak_gb"].fillna(0) <= HEADROOM * 24)).all()
     assert plan.loc[plan["experiment"] == "tfidf", "estimated_minutes"].isna().all()
     left_out = [line for line in lines if line.startswith("left out")]
@@ -206,7 +211,7 @@ def test_a_named_row_that_would_not_fit_is_refused_before_anything_runs(
     monkeypatch.setattr(experiments, "available_memory", lambda device: 8 * GB)
     monkeypatch.setattr(experiments, "fine_tune", must_not_train)
     with pytest.raises(ConfigError) as refusal:
-        run_experiments(smoke_data, tmp_path / "out", ["tfidf", "gpt2-xl_all"], profile="smoke")
+        run_experiments(smoke_data, tmp_path / "out", ["tfidf", "gpt2-xl_all"], profile="book")
     assert not (tmp_path / "out").exists()
     message = str(refusal.value)
     assert message.startswith("experiment gpt2-xl_all needs about ") and "\n" not in message
@@ -223,3 +228,53 @@ def test_the_plan_holds_each_runs_settings_and_estimate(smoke_data, tmp_path):
     assert lora.settings.num_epochs == 1 and lora.run_dir == tmp_path / "lora" / "seed-6"
     assert lora.estimate is plan[2].estimate and lora.fits and not lora.done  # memory unknown
     assert 0 < lora.minutes == lora.estimate.minutes
+
+
+def test_rows_too_big_are_recorded_in_the_results_before_the_first_run(
+    smoke_data, tmp_path, monkeypatch
+):
+    ends = plan_experiments(smoke_data, tmp_path, ["chapter", "gpt2-xl_all"], [1], "smoke", QUICK)
+    available = sum(run.estimate.peak_bytes for run in ends) / 2 / HEADROOM  # between the two
+    plan = plan_experiments(smoke_data, tmp_path, None, [1], "smoke", QUICK, available=available)
+    too_big = [run for run in plan if not run.fits]
+    assert too_big and "gpt2-xl_all" in {run.experiment.name for run in too_big}
+    monkeypatch.setattr(experiments, "available_memory", lambda device: available)
+    seen = []
+
+    def first_run_reads_the_results(labeled, settings, run_dir, *args, **kwargs):
+        seen.append(pd.read_csv(tmp_path / "results.csv"))
+        raise RuntimeError("stopped")
+
+    monkeypatch.setattr(experiments, "fine_tune", first_run_reads_the_results)
+    results = run_experiments(smoke_data, tmp_path, None, [1], "smoke", QUICK, progress=False)
+    before = seen[0]
+    assert before["experiment"].tolist() == [run.experiment.name for run in too_big]
+    assert (before["status"] == "too big").all()
+    for line, run in zip(before.itertuples(), too_big, strict=True):
+        assert line.peak_gb == pytest.approx(run.estimate.peak_bytes / GB)
+        assert line.error == (
+            f"it needs about {run.estimate.peak_bytes / GB:.1f} GB of memory at its peak and "
+            f"this machine has {available / GB:.1f} GB available"
+        )
+    assert results["experiment"].tolist() == list(EXPERIMENTS)  # in the table's order
+    statuses = results.set_index("experiment")["status"]
+    assert statuses[[run.experiment.name for run in too_big]].eq("too big").all()
+    assert statuses[["majority", "tfidf"]].eq("ok").all() and statuses["chapter"] == "failed"
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "results.csv"), results, check_dtype=False)
+    assert "| gpt2-xl_all | gpt2-xl, every layer | 0 (1 too big) |" in markdown_table(results)
+    labels = [label.get_text() for label in plot_experiments(results).axes[0].get_xticklabels()]
+    assert "gpt2-xl_all (too big)" in labels and "chapter" in labels
+
+
+def test_the_smoke_profile_plans_small_stand_ins_for_gpt2s_sizes(smoke_data, tmp_path):
+    rows = ["chapter", "gpt2-medium", "gpt2-large", "gpt2-xl"]
+    smoke = plan_experiments(smoke_data, tmp_path, rows, profile="smoke")
+    book = plan_experiments(smoke_data, tmp_path, rows, profile="book")
+    assert [run.settings.model for run in book] == ["gpt2-small", *rows[1:]]
+    assert [run.settings.model for run in smoke] == [
+        "gpt2-nano", "gpt2-nano-medium", "gpt2-nano-large", "gpt2-nano-xl"
+    ]  # fmt: skip
+    weights = [run.estimate.memory["parameters"] for run in smoke]
+    assert weights == sorted(set(weights))  # growing, as GPT-2's sizes do
+    assert weights[-1] < book[0].estimate.memory["parameters"] / 10  # below a tenth of gpt2-small
+    assert max(run.estimate.peak_bytes for run in smoke) < GB

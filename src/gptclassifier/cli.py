@@ -481,7 +481,9 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # the system refused: a folder that cannot be written, a full disk
         if args.debug:
             raise
-        where = f"{exc.filename}: " if exc.filename else ""
+        # A full disk rarely names the file it was writing: then name the command's output.
+        where = exc.filename or getattr(args, "out", None)
+        where = f"{where}: " if where else ""
         print(f"gptclassifier: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -28,9 +28,10 @@ from gptclassifier.training.device import (
     has_fused_adamw,
     parameter_dtype,
 )
+from gptclassifier.training.estimate import GB, estimate_run
 from gptclassifier.training.flops import Workload
 from gptclassifier.training.loop import History, train_classifier
-from gptclassifier.training.runners import cache_refusal, classifier_runner
+from gptclassifier.training.runners import available_memory, cache_refusal, classifier_runner
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ def fine_tune(
     splits = split_for_training(labeled, settings)
     device = choose_device(device)
     precision = choose_precision(device, settings.precision)
+    check_memory(splits, settings, len(labeled.classes), device, log)  # before any weights load
     with phases.measure("model"):
         base, model = build_classifier(settings, len(labeled.classes), device, precision)
     with phases.measure("tokenizing"):
@@ -102,10 +104,34 @@ def split_for_training(labeled: LabeledData, settings: TrainSettings) -> dict[st
 
 def training_workload(labeled: LabeledData, settings: TrainSettings) -> Workload:
     """Return what fine-tuning on `labeled` with `settings` runs through: its split, tokenized."""
-    splits = prepare_splits(labeled, seed=settings.split_seed)
+    return _splits_workload(prepare_splits(labeled, seed=settings.split_seed), settings)
+
+
+def _splits_workload(splits: dict, settings: TrainSettings) -> Workload:
+    """Return what fine-tuning on `splits` with `settings` runs through: the splits, tokenized."""
     context = model_config(settings.model)["context_length"]
     return Workload.of(
         create_datasets(splits, get_tokenizer(), context, settings.padding), settings
+    )
+
+
+def check_memory(splits: dict, settings: TrainSettings, num_classes: int, device, log) -> None:
+    """Log the run's estimated minutes and peak memory; refuse it when the peak cannot fit."""
+    # The minutes cost a speed probe (most of a second): measured only where they are shown.
+    shown = log is not silent
+    workload = _splits_workload(splits, settings)
+    estimate = estimate_run(settings, workload, num_classes, device, timed=shown)
+    available = available_memory(device)
+    if not estimate.fits(available):
+        raise ConfigError(
+            f"this run {estimate.needs(available)}: choose {estimate.remedy(settings)}"
+        )
+    if not shown:
+        return
+    of = "" if available is None else f" of {available / GB:.1f} GB available"
+    log(
+        f"estimate: about {estimate.minutes:.1f} minutes and "
+        f"{estimate.peak_bytes / GB:.1f} GB of memory at its peak{of}"
     )
 
 

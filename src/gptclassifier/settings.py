@@ -14,7 +14,12 @@ GPT_SIZES = {
     "gpt2-large": {"emb_dim": 1280, "n_layers": 36, "n_heads": 20},  # 774M
     "gpt2-xl": {"emb_dim": 1600, "n_layers": 48, "n_heads": 25},  # 1558M
     # A tiny model with GPT-2's vocabulary, for tests and the smoke profile.
-    "gpt2-nano": {"emb_dim": 48, "n_layers": 3, "n_heads": 3, "context_length": 128},
+    "gpt2-nano": {"emb_dim": 48, "n_layers": 3, "n_heads": 3, "context_length": 128},  # 2.5M
+    # Its larger siblings, growing as GPT-2's sizes do (wider, deeper, heads of the same width):
+    # the smoke profile's stand-ins for gpt2-medium, gpt2-large and gpt2-xl.
+    "gpt2-nano-medium": {"emb_dim": 64, "n_layers": 6, "n_heads": 4, "context_length": 128},  # 3.5M
+    "gpt2-nano-large": {"emb_dim": 80, "n_layers": 9, "n_heads": 5, "context_length": 128},  # 4.7M
+    "gpt2-nano-xl": {"emb_dim": 96, "n_layers": 12, "n_heads": 6, "context_length": 128},  # 6.2M
 }
 MODELS = tuple(GPT_SIZES)
 WEIGHT_CHOICES = ("pretrained", "random")

@@ -4,6 +4,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from gptclassifier.errors import check_choice
+from gptclassifier.settings import get_profile
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,24 @@ EXPERIMENTS = {
         Experiment("tfidf", "baseline: TF-IDF and logistic regression", baseline="tfidf"),
     )
 }
+
+
+# What the rows' GPT-2 sizes become in a profile: in smoke, gpt2-nano's siblings (as gpt2-nano
+# stands in for gpt2-small), so that every row runs in seconds.
+PROFILE_MODELS = {
+    "smoke": {
+        "gpt2-medium": "gpt2-nano-medium",
+        "gpt2-large": "gpt2-nano-large",
+        "gpt2-xl": "gpt2-nano-xl",
+    },
+}
+
+
+def row_settings(experiment: Experiment, profile: str | None = None) -> dict:
+    """Return the settings a row changes in `profile`, with the profile's stand-in model sizes."""
+    sizes = PROFILE_MODELS.get(get_profile(profile).name, {})
+    model = experiment.settings.get("model")
+    return experiment.settings | ({"model": sizes[model]} if model in sizes else {})
 
 
 def choose_experiments(names: Sequence[str] | None = None) -> list[Experiment]:

@@ -14,8 +14,13 @@ from gptclassifier.data.sms import LabeledData
 from gptclassifier.data.splits import SPLIT_NAMES, prepare_splits, write_splits
 from gptclassifier.errors import ConfigError
 from gptclassifier.evaluation.baselines import baseline_metrics
-from gptclassifier.experiments.book_table import EXPERIMENTS, Experiment, choose_experiments
-from gptclassifier.files import atomic_writer, output_lock, read_json, write_json
+from gptclassifier.experiments.book_table import (
+    EXPERIMENTS,
+    Experiment,
+    choose_experiments,
+    row_settings,
+)
+from gptclassifier.files import output_lock, read_json, write_atomically, write_json
 from gptclassifier.fine_tune import fine_tune, training_workload
 from gptclassifier.plots import save_figure
 from gptclassifier.progress import progress_bar, silent
@@ -29,6 +34,8 @@ RESULTS_FILE = "results.csv"
 TABLE_FILE = "results.md"
 FIGURE_STEM = "results"
 METRICS_FILE = "metrics.json"
+TOO_BIG = "too big"  # the status of a run whose estimated peak does not fit in memory
+UNFINISHED = {"failed": "failed", "too_big": TOO_BIG}  # the summary's counts, by status
 PLAN_COLUMNS = ("experiment", "seed", "estimated_minutes", "peak_gb", "fits", "done", "run_dir")
 
 
@@ -64,14 +71,14 @@ def plan_experiments(
 
     A run fits when its estimated peak memory fits in `available` bytes with headroom (see
     Estimate.fits). The split is always the profile's (the chapter's, seed 123); `overrides`
-    apply to every run, before each row's settings.
+    apply to every run, before each row's settings (row_settings: with the profile's sizes).
     """
     common = train_settings(profile, **(overrides or {}))
     common = replace(common, data_seed=common.split_seed)  # one split for every seed
     device = choose_device()
     plan = []
     for experiment in choose_experiments(names):
-        settings = replace(common, **experiment.settings)
+        settings = replace(common, **row_settings(experiment, profile))
         estimate = None  # a row's estimate does not depend on the seed
         if experiment.baseline is None:
             workload = training_workload(labeled, settings)
@@ -95,8 +102,7 @@ def plan_frame(plan: Sequence[PlannedRun]) -> pd.DataFrame:
             {
                 "experiment": run.experiment.name,
                 "seed": run.seed,
-                "estimated_minutes": math.nan if run.estimate is None else run.estimate.minutes,
-                "peak_gb": math.nan if run.estimate is None else run.estimate.peak_bytes / GB,
+                **_estimated(run),
                 "fits": run.fits,
                 "done": run.done,
                 "run_dir": str(run.run_dir),
@@ -144,7 +150,8 @@ def run_experiments(
 
     First the plan (plan_experiments): each run's estimated minutes and peak memory against
     the memory available. By default the rows that would not fit are left out, a log line
-    each; a row named in `names` that would not fit is refused before anything runs. With
+    each, and recorded as "too big" with their estimate (in results.csv before the first run
+    starts); a row named in `names` that would not fit is refused before anything runs. With
     `dry_run` nothing runs and the whole plan is returned (plan_frame; format_plan prints it).
     Each run is a run folder `<out_dir>/<name>/seed-<seed>` (a baseline's holds its metrics and
     configuration). A run already there is read, not run again, unless `redo`; a run that fails
@@ -159,34 +166,55 @@ def run_experiments(
         _refuse_or_leave_out(plan, available, refuse=bool(names) and not dry_run, log=log)
         if dry_run:
             return plan_frame(plan)
-        plan = [run for run in plan if run.fits]
-        minutes_left = sum(run.minutes for run in plan)
-        log(f"{len(plan)} runs, about {minutes_left:.1f} minutes of training")
-        lines = []
-        bar = progress_bar(sum(not run.done for run in plan), "experiments", progress, unit="run")
-        with bar:
-            for index, run in enumerate(plan, start=1):
-                lines.append(_run_or_read(run, labeled, profile, progress))
-                outcome = _outcome(lines[-1], run)
-                if not run.done:
-                    minutes_left = max(minutes_left - run.minutes, 0.0)
-                    bar.update()
-                    bar.set_postfix_str(f"about {minutes_left:.1f} min left")
-                    outcome += f"; about {minutes_left:.1f} min left"
-                log(f"[{index}/{len(plan)}] {run.experiment.name}, seed {run.seed}: {outcome}")
-        results = pd.DataFrame(lines)
+        results = _run_plan(plan, available, labeled, out_dir, profile, progress, log)
         write_results(results, out_dir)
         return results
+
+
+def _run_plan(
+    plan, available: int | None, labeled, out_dir, profile, progress, log
+) -> pd.DataFrame:
+    """Run or read each run that fits, in the plan's order; return a line per run, too big or not.
+
+    results.csv is written before the first run starts, with the runs too big for the memory
+    available, and again after each run: it always holds what is known so far.
+    """
+    lines = {index: _too_big(run, available) for index, run in enumerate(plan) if not run.fits}
+    to_run = [(index, run) for index, run in enumerate(plan) if run.fits]
+    minutes_left = sum(run.minutes for _, run in to_run)
+    log(f"{len(to_run)} runs, about {minutes_left:.1f} minutes of training")
+    _record(lines, out_dir)
+    bar = progress_bar(sum(not run.done for _, run in to_run), "experiments", progress, unit="run")
+    with bar:
+        for number, (index, run) in enumerate(to_run, start=1):
+            lines[index] = _run_or_read(run, labeled, profile, progress)
+            outcome = _outcome(lines[index], run)
+            if not run.done:
+                minutes_left = max(minutes_left - run.minutes, 0.0)
+                bar.update()
+                bar.set_postfix_str(f"about {minutes_left:.1f} min left")
+                outcome += f"; about {minutes_left:.1f} min left"
+            log(f"[{number}/{len(to_run)}] {run.experiment.name}, seed {run.seed}: {outcome}")
+            _record(lines, out_dir)
+    return _in_plan_order(lines)
+
+
+def _in_plan_order(lines: dict[int, dict]) -> pd.DataFrame:
+    """Return the results lines, keyed by their place in the plan, as a table in that order."""
+    return pd.DataFrame([line for _, line in sorted(lines.items())])
+
+
+def _record(lines: dict[int, dict], out_dir: Path) -> None:
+    """Write the results lines known so far to results.csv, when there are any."""
+    if lines:
+        _write_csv(_in_plan_order(lines), out_dir)
 
 
 def _refuse_or_leave_out(plan, available: int | None, refuse: bool, log) -> None:
     """Refuse a named row that would not fit (`refuse`), else say why each such row is left out."""
     too_big = {run.experiment.name: run.estimate for run in plan if not run.fits}
     for name, estimate in too_big.items():
-        needs = (
-            f"needs about {estimate.peak_bytes / GB:.1f} GB of memory at its peak and this "
-            f"machine has {available / GB:.1f} GB available"
-        )
+        needs = estimate.needs(available)
         if refuse:
             raise ConfigError(
                 f"experiment {name} {needs}: leave it out of the rows, or run it on a machine "
@@ -205,8 +233,8 @@ def _run_or_read(run: PlannedRun, labeled: LabeledData, profile, progress: bool)
             _run(run.experiment, labeled, run.run_dir, run.settings, profile, progress)
             config = read_json(run.run_dir / CONFIG_FILE)
     except Exception as exc:  # a failed run is recorded and the others go on
-        return _failed(run.experiment, run.seed, run.run_dir, exc)
-    return _result(run.experiment, run.seed, run.run_dir, config)
+        return _failed(run, exc)
+    return _result(run, config)
 
 
 def _outcome(line: dict, run: PlannedRun) -> str:
@@ -264,12 +292,12 @@ def _check_current(
         )
 
 
-def _result(experiment: Experiment, seed: int, run_dir: Path, config: dict) -> dict:
+def _result(run: PlannedRun, config: dict) -> dict:
     """Return one line of results.csv from a finished run folder and its configuration."""
-    metrics = read_json(run_dir / METRICS_FILE)
-    history_file = run_dir / "history.json"
+    metrics = read_json(run.run_dir / METRICS_FILE)
+    history_file = run.run_dir / "history.json"
     minutes = read_json(history_file)["seconds"] / 60 if history_file.is_file() else math.nan
-    line = _line(experiment, seed, run_dir, status="ok")
+    line = _line(run, status="ok")
     for split in SPLIT_NAMES:
         line[f"{split}_accuracy"] = 100 * metrics[split]["accuracy"]
     weights = config.get("provenance", {}).get("weights", {}).get("source", "none")
@@ -281,20 +309,33 @@ def _result(experiment: Experiment, seed: int, run_dir: Path, config: dict) -> d
     }
 
 
-def _failed(experiment: Experiment, seed: int, run_dir: Path, exc: Exception) -> dict:
+def _failed(run: PlannedRun, exc: Exception) -> dict:
     """Return the results line of a run that failed."""
-    return _line(experiment, seed, run_dir, status="failed") | {"error": str(exc) or repr(exc)}
+    return _line(run, status="failed") | {"error": str(exc) or repr(exc)}
 
 
-def _line(experiment: Experiment, seed: int, run_dir: Path, status: str) -> dict:
-    """Return the columns every results line has."""
+def _too_big(run: PlannedRun, available: int) -> dict:
+    """Return the results line of a run left out: its estimated peak does not fit in memory."""
+    return _line(run, status=TOO_BIG) | {"error": f"it {run.estimate.needs(available)}"}
+
+
+def _line(run: PlannedRun, status: str) -> dict:
+    """Return the columns every results line has, the run's estimate among them."""
     return {
-        "experiment": experiment.name,
-        "book_row": experiment.book_row,
-        "seed": seed,
+        "experiment": run.experiment.name,
+        "book_row": run.experiment.book_row,
+        "seed": run.seed,
         "status": status,
-        "run_dir": str(run_dir),
+        "run_dir": str(run.run_dir),
+        **_estimated(run),
     }
+
+
+def _estimated(run: PlannedRun) -> dict:
+    """Return a run's estimated minutes and peak memory in GB (none for a baseline)."""
+    if run.estimate is None:
+        return {"estimated_minutes": math.nan, "peak_gb": math.nan}
+    return {"estimated_minutes": run.estimate.minutes, "peak_gb": run.estimate.peak_bytes / GB}
 
 
 def summarize(results: pd.DataFrame) -> pd.DataFrame:
@@ -310,7 +351,8 @@ def summarize(results: pd.DataFrame) -> pd.DataFrame:
     stats.columns = [f"{column}_{stat}" for column, stat in stats.columns]
     stats = stats.reindex(order)  # a row whose every run failed keeps its line
     stats["seeds"] = finished.groupby("experiment").size().reindex(order, fill_value=0)
-    stats["failed"] = (results["status"] != "ok").groupby(results["experiment"]).sum()
+    for column, status in UNFINISHED.items():
+        stats[column] = (results["status"] == status).groupby(results["experiment"]).sum()
     return stats
 
 
@@ -329,8 +371,7 @@ def markdown_table(results: pd.DataFrame) -> str:
             str(experiment.book_row or ""),
             name,
             experiment.change,
-            f"{int(stats['seeds'])}"
-            + (f" ({int(stats['failed'])} failed)" if stats["failed"] else ""),
+            _seeds_cell(stats),
             *(_mean_and_spread(stats, f"{split}_accuracy") for split in SPLIT_NAMES),
             " / ".join(f"{value:.2f}" for value in experiment.book) if experiment.book else "",
             _number(stats["training_minutes_mean"], ".2f"),
@@ -338,6 +379,12 @@ def markdown_table(results: pd.DataFrame) -> str:
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return header + "\n".join(lines) + "\n"
+
+
+def _seeds_cell(stats: pd.Series) -> str:
+    """Say how many seeds ran, and how many failed or were too big to run: 1 (2 too big)."""
+    notes = [f"{int(stats[column])} {what}" for column, what in UNFINISHED.items() if stats[column]]
+    return f"{int(stats['seeds'])}" + (f" ({', '.join(notes)})" if notes else "")
 
 
 def _mean_and_spread(stats: pd.Series, column: str) -> str:
@@ -373,7 +420,11 @@ def plot_experiments(results: pd.DataFrame) -> Figure:
     book = [EXPERIMENTS[name].book for name in summary.index]
     book_test = [accuracies[2] if accuracies else np.nan for accuracies in book]
     ax.scatter(x + 0.15, book_test, marker="x", color="black", zorder=3, label="the book's test")
-    ax.set_xticks(x, summary.index, rotation=45, ha="right")
+    labels = [
+        f"{name} ({TOO_BIG})" if stats["too_big"] and not stats["seeds"] else name
+        for name, stats in summary.iterrows()
+    ]
+    ax.set_xticks(x, labels, rotation=45, ha="right")
     ax.set_ylabel("accuracy (%)")
     ax.grid(axis="y", alpha=0.3)
     fig.legend(loc="outside lower center", ncol=3, fontsize=8)
@@ -383,12 +434,13 @@ def plot_experiments(results: pd.DataFrame) -> Figure:
 def write_results(results: pd.DataFrame, out_dir: Path) -> list[Path]:
     """Write results.csv, results.md and the figure (PNG and PDF) to `out_dir`."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    csv_file, table_file = out_dir / RESULTS_FILE, out_dir / TABLE_FILE
-    for path, text in (
-        (csv_file, results.to_csv(index=False)),
-        (table_file, markdown_table(results)),
-    ):
-        with atomic_writer(path) as file:
-            file.write(text.encode("utf-8"))
+    csv_file, table_file = _write_csv(results, out_dir), out_dir / TABLE_FILE
+    write_atomically(table_file, markdown_table(results).encode("utf-8"))
     return [csv_file, table_file, *save_figure(plot_experiments(results), out_dir / FIGURE_STEM)]
+
+
+def _write_csv(results: pd.DataFrame, out_dir: Path) -> Path:
+    """Write results.csv whole, or not at all; return its path."""
+    path = Path(out_dir) / RESULTS_FILE
+    write_atomically(path, results.to_csv(index=False).encode("utf-8"))
+    return path

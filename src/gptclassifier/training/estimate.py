@@ -6,6 +6,7 @@ measured on this machine.
 """
 
 import functools
+import math
 import time
 from dataclasses import dataclass
 
@@ -61,14 +62,38 @@ class Estimate:
         """Return whether the peak fits in `available` bytes, with headroom (unknown: it fits)."""
         return available is None or self.peak_bytes <= HEADROOM * available
 
+    def needs(self, available: int) -> str:
+        """Say the peak against the memory available: "needs about 25.3 GB ... 8.0 GB available"."""
+        return (
+            f"needs about {self.peak_bytes / GB:.1f} GB of memory at its peak and this machine "
+            f"has {available / GB:.1f} GB available"
+        )
+
+    def remedy(self, settings: TrainSettings) -> str:
+        """Say which change of `settings` shrinks the largest part of the memory."""
+        memory = self.memory
+        shrinks = {"a smaller --model": memory["parameters"] + memory["loading"]}
+        if settings.trainable in ("all", "last_two_blocks"):
+            fewer = "fewer trainable layers (--trainable last_block) or --trainable lora"
+            shrinks[fewer] = memory["gradients"] + memory["optimizer"]
+        if settings.batch_size > 1:
+            shrinks["a smaller --batch-size"] = memory["activations"]
+        if settings.pooling != "flexible":
+            shrinks["--pooling flexible"] = memory["cache"]
+        return max(shrinks, key=shrinks.get)
+
 
 def estimate_run(
     settings: TrainSettings,
     workload: Workload,
     num_classes: int = 2,
     device: torch.device | None = None,
+    timed: bool = True,
 ) -> Estimate:
-    """Return the peak memory and minutes of fine-tuning `workload` with `settings` on `device`."""
+    """Return the peak memory and minutes of fine-tuning `workload` with `settings` on `device`.
+
+    `timed=False` leaves the minutes out (NaN), and with them the speed probe they need.
+    """
     device = device or choose_device()
     precision = choose_precision(device, settings.precision)
     with torch.device("meta"):  # the real shapes, and what trains, with nothing allocated
@@ -90,6 +115,8 @@ def estimate_run(
     }
     if precision == "bfloat16":  # autocast keeps a bfloat16 copy of each trained weight
         memory["activations"] += 2 * trainable
+    if not timed:
+        return Estimate(memory, math.nan)
     layers, num_frozen = len(model.trf_blocks), frozen_blocks(model)
     flops = count_flops(
         workload, model_config(settings.model),
@@ -152,8 +179,9 @@ def matmul_gflops(dtype: torch.dtype, device: torch.device, seconds: float = 0.5
 
     One product warms up, then products run for about `seconds`; measured once per process.
     """
-    x = torch.randn(4096, 768, dtype=dtype, device=device)
-    weight = torch.randn(3072, 768, dtype=dtype, device=device)
+    generator = torch.Generator(device).manual_seed(0)  # the global generator is left alone
+    x = torch.randn(4096, 768, dtype=dtype, device=device, generator=generator)
+    weight = torch.randn(3072, 768, dtype=dtype, device=device, generator=generator)
     with torch.inference_mode():
         F.linear(x, weight)
         repeats, start = 0, time.perf_counter()
