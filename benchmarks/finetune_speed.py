@@ -57,7 +57,7 @@ from gptclassifier.training.flops import Workload, count_flops
 LONGEST_MESSAGE = 120  # tokens: the real data's longest training message
 REAL_SPAM = 747  # spam messages in the real data: balancing keeps as many ham
 SCALES = (1, 4, 16)
-PHASES = ("start-up", "model", "tokenizing", "cache pass", "training", "evaluation", "saving")
+PHASES = ("start-up", "tokenizing", "model", "cache pass", "training", "evaluation", "saving")
 TRAINER_SCRIPT = Path(__file__).resolve().with_name("trainer_way.py")
 CHAPTER = "the chapter's loop"
 EXACT = {"float32": "exact, float32", "bfloat16": "exact, bfloat16"}

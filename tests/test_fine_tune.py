@@ -82,23 +82,24 @@ def test_the_model_learns_and_metrics_agree_with_a_fresh_evaluation(smoke_run):
 
 def test_the_log_follows_the_chapter(smoke_run):
     _, lines, _ = smoke_run
-    assert lines[0].startswith("data: practice")
-    assert lines[1].startswith("weights: random")
-    assert lines[2].startswith("model: gpt2-nano, 2,503,490 parameters, 28,466 trainable")
-    assert lines[3].startswith("fast loop ready in ")
-    assert lines[3].endswith("(the frozen blocks ran once over 480 messages)")
-    assert lines[4].startswith("Ep 1 (Step 000000): Train loss ")
+    assert lines[0].startswith("estimate: about ")
+    assert lines[1].startswith("data: practice")
+    assert lines[2].startswith("weights: random")
+    assert lines[3].startswith("model: gpt2-nano, 2,503,490 parameters, 28,466 trainable")
+    assert lines[4].startswith("fast loop ready in ")
+    assert lines[4].endswith("(the frozen blocks ran once over 480 messages)")
+    assert lines[5].startswith("Ep 1 (Step 000000): Train loss ")
     assert sum(line.startswith("Training accuracy: ") for line in lines) == 5
 
 
 def test_the_run_times_each_phase(smoke_run):
     result, _, _ = smoke_run
     seconds = result.phases.seconds
-    phases = ["model", "tokenizing", "cache pass", "training", "evaluation", "saving"]
+    phases = ["tokenizing", "model", "cache pass", "training", "evaluation", "saving"]
     assert list(seconds) == phases
     assert all(value > 0 for value in seconds.values())
     assert result.history.seconds <= seconds["training"]
-    assert result.phases.summary().startswith(f"model {seconds['model']:.1f} s, tokenizing ")
+    assert result.phases.summary().startswith(f"tokenizing {seconds['tokenizing']:.1f} s, model ")
 
 
 class Stop(Exception):
@@ -134,7 +135,7 @@ def test_a_model_the_cache_cannot_serve_says_which_loop_runs(smoke_data, tmp_pat
         smoke_data, settings, tmp_path / "run", "smoke", progress=False,
         log=lines.append,
     )  # fmt: skip
-    assert lines[3].startswith("the chapter's loop runs every block on every step: ")
+    assert lines[4].startswith("the chapter's loop runs every block on every step: ")
     assert not any("frozen blocks ran once" in line for line in lines)
 
 

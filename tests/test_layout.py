@@ -9,7 +9,7 @@ PACKAGE = Path(gptclassifier.__file__).parent
 # Each part of the package (a top-level module or a subpackage), lowest first.
 LAYERS = (
     ("__init__", "errors"),
-    ("files", "settings", "progress"),
+    ("files", "locks", "settings", "progress"),
     ("download", "plots"),
     ("model",),
     ("data", "training"),

@@ -9,18 +9,18 @@ from pathlib import Path
 import pytest
 
 from gptclassifier.data.splits import write_splits
-from gptclassifier.errors import GptClassifierError
+from gptclassifier.errors import FolderBusyError, GptClassifierError
 from gptclassifier.experiments.grid import run_experiments
 from gptclassifier.export import export_run, export_transformers
-from gptclassifier.files import FolderBusyError, lock_file, output_lock
 from gptclassifier.fine_tune import fine_tune
+from gptclassifier.locks import lock_file, output_lock
 from gptclassifier.runs import run_writer
 from gptclassifier.settings import train_settings
 
 # Holds the lock on the folder named by its argument until a line arrives on standard input.
 HOLDER = """
 import sys
-from gptclassifier.files import output_lock
+from gptclassifier.locks import output_lock
 with output_lock(sys.argv[1]):
     print("locked", flush=True)
     sys.stdin.readline()

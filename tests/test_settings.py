@@ -88,14 +88,21 @@ def test_every_choice_is_checked_in_one_place_with_one_message(name):
     assert str(refused.value) == f"unknown {name} 'nonsense': choose one of {choices}"
 
 
-def test_the_command_lines_choices_and_defaults_come_from_the_settings():
-    train = build_parser()._subparsers._group_actions[0].choices["train"]
-    actions = {action.dest: action for action in train._actions}
+def train_options(*argv: str) -> dict:
+    """Return the train command's options by setting name, as `argv` chooses the profile."""
+    train = build_parser(list(argv))._subparsers._group_actions[0].choices["train"]
+    return {action.dest: action for action in train._actions}
+
+
+def test_the_command_lines_choices_and_defaults_come_from_the_settings(monkeypatch):
+    monkeypatch.delenv("GPTCLASSIFIER_PROFILE", raising=False)
+    actions = train_options("train")
     for name, choices in CHOICES.items():
         if name == "loop":  # chosen by --chapter
             continue
         assert tuple(actions[name].choices) == choices, name
-        assert f"default: {getattr(TrainSettings(), name)}" in actions[name].help, name
-    assert "smoke: gpt2-nano" in actions["model"].help
-    assert f"smoke: {get_profile('smoke').training.lr}" in actions["lr"].help
+        assert f"default: {getattr(TrainSettings(), name)}, book profile" in actions[name].help
+    smoke = train_options("train", "--profile", "smoke")
+    assert "default: gpt2-nano, smoke profile" in smoke["model"].help
+    assert f"default: {get_profile('smoke').training.lr}, smoke profile" in smoke["lr"].help
     assert {"num_epochs", "batch_size", "seed", "lora_rank"} <= set(actions) & set(SETTING_NAMES)

@@ -26,7 +26,7 @@ from gptclassifier.model.weights import (
     load_hf_checkpoint,
 )
 
-WIDTH, HEADS, LAYERS, POSITIONS = 64, 4, 2, 64  # 64 is no GPT-2 width, so it needs config.json
+WIDTH, HEADS, LAYERS, POSITIONS = 40, 4, 2, 64  # 40 is no model's width: it needs config.json
 REPO, REVISION = "tiny-org/tiny-gpt2", "0123456789abcdef0123456789abcdef01234567"
 SEQUENCES = [
     [15496, 11, 995],  # "Hello, world"
@@ -212,7 +212,7 @@ def test_without_config_json_an_unknown_width_needs_config_json(hf_checkpoint, t
     _, folder = hf_checkpoint
     assert WIDTH not in weights.HEADS_BY_WIDTH
     written = write_checkpoint(tmp_path / "no-config", checkpoint_tensors(folder))
-    with pytest.raises(DataError, match=r"config\.json.*number of heads.*64"):
+    with pytest.raises(DataError, match=r"config\.json.*number of heads.*40"):
         load_hf_checkpoint(written)
 
 

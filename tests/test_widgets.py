@@ -41,7 +41,7 @@ def test_a_fresh_widget_has_a_stable_text_representation(tokenizer, nano_classif
 
 def test_the_widget_reads_a_run_directory(nano_classifier, tmp_path):
     classifier = nano_classifier(seed=0)
-    training = {"trainable": "last_block", "pooling": "flexible", "loop": "fast"}
+    training = {"model": "gpt2-nano", "pooling": "flexible", "precision": "bfloat16"}
     config = {"model": model_config("gpt2-nano"), "classes": ["no", "yes"], "training": training}
     save_model(
         tmp_path, classifier,

@@ -1,6 +1,7 @@
 """The `gptclassifier` command line: one subcommand per step of the chapter."""
 
 import argparse
+import contextlib
 import csv
 import json
 import sys
@@ -17,6 +18,7 @@ from gptclassifier.errors import ConfigError, DataError, FallbackWarning, GptCla
 from gptclassifier.evaluation.inference import evaluate_run, probabilities_with_run
 from gptclassifier.experiments.book_table import EXPERIMENTS, choose_experiments
 from gptclassifier.export import FORMATS, export_run, export_transformers
+from gptclassifier.locks import output_lock
 from gptclassifier.progress import silent
 from gptclassifier.runs import MODEL_FILE, ensure_run_dir_free
 from gptclassifier.settings import (
@@ -298,9 +300,12 @@ def _add_export(commands, parents) -> None:
 def run_prepare(args: argparse.Namespace) -> None:
     """Write the three splits and print their class counts."""
     settings = train_settings(args.profile, parsing=args.parsing, seed=args.seed)
-    data = load_data(args.data, settings.parsing, args.profile, args.text_column, args.label_column)
-    splits = prepare_splits(data, seed=settings.seed)
-    paths = write_splits(splits, data, args.out, parsing=settings.parsing, seed=settings.seed)
+    with output_lock(args.out):  # before reading the data: a second writer is refused at once
+        data = load_data(
+            args.data, settings.parsing, args.profile, args.text_column, args.label_column
+        )
+        splits = prepare_splits(data, seed=settings.seed)
+        paths = write_splits(splits, data, args.out, parsing=settings.parsing, seed=settings.seed)
     origin = data.provenance
     print(f"data: {origin.source} {origin.path}")
     print(f"{len(data.frame):,} messages ({settings.parsing} parsing), balanced and split:")
@@ -362,16 +367,18 @@ def run_experiments_command(args: argparse.Namespace) -> int:
     overrides = {"parsing": args.parsing, "num_epochs": args.num_epochs}
     overrides = {name: value for name, value in overrides.items() if value is not None}
     parsing = train_settings(args.profile, **overrides).parsing
-    data = load_data(args.data, parsing, args.profile, args.text_column, args.label_column)
-    results = run_experiments(
-        data, args.out, args.rows, args.seeds, args.profile, overrides,
-        args.redo, _shows_progress(args), _log(args), args.dry_run,
-    )  # fmt: skip
+    # A dry run writes nothing, so it may look at a grid that is running.
+    with contextlib.nullcontext() if args.dry_run else output_lock(args.out):
+        data = load_data(args.data, parsing, args.profile, args.text_column, args.label_column)
+        results = run_experiments(
+            data, args.out, args.rows, args.seeds, args.profile, overrides,
+            args.redo, _shows_progress(args), _log(args), args.dry_run,
+        )  # fmt: skip
     if args.dry_run:
         print(format_plan(results), end="")
         return 0
     print((args.out / TABLE_FILE).read_text(encoding="utf-8"), end="")
-    failed = int((results["status"] != "ok").sum())
+    failed = int((results["status"] == "failed").sum())
     print(f"results in {args.out}: results.csv, {TABLE_FILE}, results.png and results.pdf")
     if failed:
         where = args.out / "results.csv"

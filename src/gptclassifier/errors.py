@@ -30,6 +30,10 @@ def check_choice(what: str, value, choices: Iterable) -> None:
         raise ConfigError(f"unknown {what} {value!r}: choose one of {', '.join(map(str, choices))}")
 
 
+class FolderBusyError(GptClassifierError):
+    """An output folder that another gptclassifier process is writing."""
+
+
 class FallbackWarning(UserWarning):
     """Real data or weights were unavailable, so a stand-in is used instead."""
 

@@ -13,7 +13,8 @@ from torch.utils.data import Subset
 
 from gptclassifier.data.loaders import SpamDataset, evaluation_loader
 from gptclassifier.errors import ConfigError, DataError
-from gptclassifier.files import locks_out_dir, read_json, write_json
+from gptclassifier.files import read_json, write_json
+from gptclassifier.locks import locks_out_dir
 from gptclassifier.model.classifier import has_causal_mask
 from gptclassifier.model.gpt import GPTModel
 from gptclassifier.model.lora import merge_lora

@@ -1,32 +1,19 @@
-"""Files on disk: the cache folder, hashes, atomic writes, output folders' locks, JSON, zips."""
+"""Files on disk: the cache folder, hashes, atomic writes, JSON, zips."""
 
 import contextlib
-import functools
 import hashlib
-import inspect
-import itertools
 import json
 import os
-import shlex
-import sys
 import tempfile
 import zipfile
 from pathlib import Path
 
 import platformdirs
 
-from gptclassifier.errors import DataError, GptClassifierError
-
-try:
-    import fcntl
-except ImportError:  # Windows: no flock, so output folders are not locked there
-    fcntl = None
+from gptclassifier.errors import DataError
 
 CHUNK_BYTES = 1 << 16
 MAX_MEMBER_BYTES = 64 * 1024 * 1024
-# The lock files this process holds: taking one again inside is a no-op, since flock would
-# refuse a second descriptor of the same process.
-_held: set[Path] = set()
 
 
 def cache_dir() -> Path:
@@ -96,99 +83,3 @@ def read_json(path: Path) -> dict:
 def write_json(path: Path, data: dict) -> None:
     """Write a dict as indented UTF-8 JSON."""
     Path(path).write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
-class FolderBusyError(GptClassifierError):
-    """An output folder that another gptclassifier process is writing."""
-
-
-def lock_file(out_dir: Path) -> Path:
-    """Return the lock file of an output folder: `.<name>.lock` beside it."""
-    out_dir = Path(out_dir).resolve()
-    return out_dir.with_name(f".{out_dir.name}.lock")
-
-
-@contextlib.contextmanager
-def output_lock(out_dir: Path):
-    """Hold the lock on `out_dir` for the block; refuse at once if another process holds it.
-
-    The lock file names its owner's pid and command line, so that a refusal can name them;
-    the operating system frees the lock when its owner ends, even by a crash.
-    """
-    lock = lock_file(out_dir)
-    if fcntl is None or lock in _held:
-        yield
-        return
-    created = list(itertools.takewhile(lambda folder: not folder.exists(), lock.parents))
-    try:
-        lock.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:  # name the output, as writing it would
-        why = f"its folder cannot be made ({exc.filename}: {exc.strerror})"
-        raise OSError(exc.errno, why, str(out_dir)) from None
-    descriptor = _acquire(lock, out_dir)
-    _held.add(lock)
-    try:
-        yield
-    finally:
-        _held.discard(lock)
-        lock.unlink(missing_ok=True)  # while locked: a process that opened it sees it is gone
-        os.close(descriptor)
-        for folder in created:  # the parents made for the lock, where nothing else was written
-            with contextlib.suppress(OSError):
-                folder.rmdir()
-
-
-def refuse_if_busy(out_dir: Path) -> None:
-    """Raise a FolderBusyError when another process holds the lock on `out_dir`."""
-    with output_lock(out_dir):
-        pass
-
-
-def locks_out_dir(function):
-    """Decorate a function so that it holds the lock on its `out_dir` argument while it runs."""
-    signature = inspect.signature(function)
-
-    @functools.wraps(function)
-    def locked(*args, **kwargs):
-        with output_lock(signature.bind(*args, **kwargs).arguments["out_dir"]):
-            return function(*args, **kwargs)
-
-    return locked
-
-
-def _acquire(lock: Path, out_dir: Path) -> int:
-    """Return a descriptor of `lock`, locked and naming this process, or raise FolderBusyError."""
-    while True:
-        descriptor = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            owner = os.read(descriptor, 1024).decode("utf-8", "replace").strip()
-            os.close(descriptor)
-            by = f" ({owner})" if owner else ""
-            raise FolderBusyError(
-                f"{out_dir} is being written by another gptclassifier process{by}: "
-                "wait for it to finish, or choose another folder"
-            ) from None
-        if _is_current(descriptor, lock):
-            os.ftruncate(descriptor, 0)  # a crashed owner's line may still be there
-            os.write(descriptor, f"pid {os.getpid()}: {_command_line()}\n".encode())
-            return descriptor
-        os.close(descriptor)  # its owner removed it as we opened it: lock the file there now
-
-
-def _is_current(descriptor: int, lock: Path) -> bool:
-    """Return whether an open descriptor is still the file at the path `lock`."""
-    try:
-        found = os.stat(lock)
-    except FileNotFoundError:
-        return False
-    opened = os.fstat(descriptor)
-    return (found.st_dev, found.st_ino) == (opened.st_dev, opened.st_ino)
-
-
-def _command_line() -> str:
-    """Return this process's command line on one line, as a person would type it."""
-    program = Path(sys.argv[0])
-    name = program.parent.name if program.name == "__main__.py" else program.name
-    return " ".join(shlex.join([name, *sys.argv[1:]]).split())[:300]

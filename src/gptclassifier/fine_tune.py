@@ -13,7 +13,8 @@ from gptclassifier.data.sms import LabeledData
 from gptclassifier.data.splits import SPLIT_NAMES, prepare_splits, write_splits
 from gptclassifier.errors import ConfigError
 from gptclassifier.evaluation.metrics import classification_metrics, confusion_matrix
-from gptclassifier.files import locks_out_dir, write_json
+from gptclassifier.files import write_json
+from gptclassifier.locks import locks_out_dir
 from gptclassifier.model.classifier import adapt_for_classification, count_parameters
 from gptclassifier.model.gpt import model_config
 from gptclassifier.model.tokenizer import get_tokenizer
@@ -59,7 +60,7 @@ def fine_tune(
 ) -> RunResult:
     """Fine-tune on loaded data as chapter 6 does and save the run; `log` gets progress lines.
 
-    The phases are timed by name (model, tokenizing, cache pass, training, evaluation,
+    The phases are timed by name (tokenizing, model, cache pass, training, evaluation,
     saving), as `make bench` reports them; `progress` shows a bar for each long one.
     `on_update` gets the history after each measurement (for a live view), as
     train_classifier passes it on. `device`: auto, cpu, cuda or mps. `out_dir` is locked from
@@ -70,11 +71,13 @@ def fine_tune(
     splits = split_for_training(labeled, settings)
     device = choose_device(device)
     precision = choose_precision(device, settings.precision)
-    check_memory(splits, settings, len(labeled.classes), device, log)  # before any weights load
+    with phases.measure("tokenizing"):
+        context_length = model_config(settings.model)["context_length"]
+        datasets, loaders = tokenize_splits(splits, settings, context_length)
+    workload = Workload.of(datasets, settings)
+    check_memory(workload, settings, len(labeled.classes), device, log)  # before weights load
     with phases.measure("model"):
         base, model = build_classifier(settings, len(labeled.classes), device, precision)
-    with phases.measure("tokenizing"):
-        datasets, loaders = tokenize_splits(splits, settings, base.config["context_length"])
     log_setup(log, labeled, base, model, settings, f"{precision} on {device}")
     with phases.measure("cache pass"):
         runner = classifier_runner(model, settings, precision, datasets.values(), progress)
@@ -104,22 +107,17 @@ def split_for_training(labeled: LabeledData, settings: TrainSettings) -> dict[st
 
 def training_workload(labeled: LabeledData, settings: TrainSettings) -> Workload:
     """Return what fine-tuning on `labeled` with `settings` runs through: its split, tokenized."""
-    return _splits_workload(prepare_splits(labeled, seed=settings.split_seed), settings)
-
-
-def _splits_workload(splits: dict, settings: TrainSettings) -> Workload:
-    """Return what fine-tuning on `splits` with `settings` runs through: the splits, tokenized."""
+    splits = prepare_splits(labeled, seed=settings.split_seed)
     context = model_config(settings.model)["context_length"]
     return Workload.of(
         create_datasets(splits, get_tokenizer(), context, settings.padding), settings
     )
 
 
-def check_memory(splits: dict, settings: TrainSettings, num_classes: int, device, log) -> None:
+def check_memory(workload: Workload, settings: TrainSettings, num_classes: int, device, log):
     """Log the run's estimated minutes and peak memory; refuse it when the peak cannot fit."""
     # The minutes cost a speed probe (most of a second): measured only where they are shown.
     shown = log is not silent
-    workload = _splits_workload(splits, settings)
     estimate = estimate_run(settings, workload, num_classes, device, timed=shown)
     available = available_memory(device)
     if not estimate.fits(available):

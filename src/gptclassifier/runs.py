@@ -1,6 +1,7 @@
 """Run folders: what fine-tuning changed, as safetensors and JSON, written whole or not at all."""
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -15,7 +16,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from gptclassifier.errors import ConfigError, DataError, DownloadError, GptClassifierError
-from gptclassifier.files import output_lock, read_json, refuse_if_busy, write_json
+from gptclassifier.files import read_json, write_json
+from gptclassifier.locks import output_lock, refuse_if_busy
 from gptclassifier.model.classifier import adapt_for_classification, count_parameters
 from gptclassifier.model.gpt import GPTModel, model_config
 from gptclassifier.model.weights import base_digest, rebuild_base_model
@@ -91,7 +93,10 @@ def save_model(run_dir: Path, model: GPTModel, config: dict, everything: bool = 
         name: parameter.detach().cpu().contiguous()
         for name, parameter in _saved_parameters(model, everything).items()
     }
-    save_file(state, Path(run_dir) / MODEL_FILE, metadata={"format": "pt"})
+    try:
+        save_file(state, Path(run_dir) / MODEL_FILE, metadata={"format": "pt"})
+    except SafetensorError as exc:  # how safetensors reports a failed write, a full disk among them
+        raise OSError(errno.EIO, str(exc)) from None  # the command names its output folder
     saved = SAVED_EVERYTHING if everything else SAVED_TRAINED
     write_json(Path(run_dir) / CONFIG_FILE, config | {"saved_parameters": saved})
 

@@ -8,7 +8,8 @@ import pandas as pd
 
 from gptclassifier.data.sms import SMS_CLASSES, LabeledData, class_names
 from gptclassifier.errors import DataError
-from gptclassifier.files import atomic_writer, locks_out_dir
+from gptclassifier.files import atomic_writer
+from gptclassifier.locks import locks_out_dir
 
 SPLIT_NAMES = ("train", "validation", "test")
 METADATA_FILE = "dataset.json"

@@ -20,8 +20,9 @@ from gptclassifier.experiments.book_table import (
     choose_experiments,
     row_settings,
 )
-from gptclassifier.files import output_lock, read_json, write_atomically, write_json
+from gptclassifier.files import read_json, write_atomically, write_json
 from gptclassifier.fine_tune import fine_tune, training_workload
+from gptclassifier.locks import output_lock
 from gptclassifier.plots import save_figure
 from gptclassifier.progress import progress_bar, silent
 from gptclassifier.runs import CONFIG_FILE, run_writer
