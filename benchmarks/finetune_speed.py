@@ -27,7 +27,6 @@ import contextlib
 import json
 import os
 import platform
-import resource
 import shlex
 import subprocess
 import sys
@@ -51,7 +50,7 @@ from gptclassifier.model.weights import cached_gpt2
 from gptclassifier.progress import progress_bar
 from gptclassifier.settings import FASTEST, TrainSettings
 from gptclassifier.training.device import choose_device, choose_precision
-from gptclassifier.training.estimate import matmul_gflops
+from gptclassifier.training.estimate import matmul_gflops, peak_resident_bytes
 from gptclassifier.training.flops import Workload, count_flops
 
 LONGEST_MESSAGE = 120  # tokens: the real data's longest training message
@@ -168,7 +167,7 @@ def one_way(settings: TrainSettings, data_file: str) -> dict:
         "validation": result.metrics["validation"]["accuracy"],
         "test": result.metrics["test"]["accuracy"],
         "precision": result.config["precision"],
-        "peak MB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux counts kB
+        "peak MB": peak_resident_bytes() / 2**20,
     }
 
 

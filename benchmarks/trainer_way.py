@@ -20,7 +20,6 @@ extra (transformers and accelerate).
 
 import argparse
 import json
-import resource
 import sys
 import tempfile
 from dataclasses import replace
@@ -45,6 +44,7 @@ from gptclassifier.model.weights import cached_gpt2, load_base_model
 from gptclassifier.progress import Phases
 from gptclassifier.settings import TrainSettings
 from gptclassifier.training.device import bf16_is_fast, choose_device
+from gptclassifier.training.estimate import peak_resident_bytes
 
 PRECISIONS = ("float32", "bfloat16")
 QUICK_EPOCHS = 2
@@ -235,7 +235,7 @@ def main() -> None:
         result = fine_tune_with_trainer(labeled, settings, args.precision, args.start)
     except GptClassifierError as exc:
         sys.exit(f"trainer_way.py: {exc}")
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux counts kB
+    peak = peak_resident_bytes() / 2**20
     line = {
         "precision": args.precision,
         "weights": "pretrained" if cached_gpt2(settings.model) else "random",

@@ -243,12 +243,12 @@ def test_the_estimated_peak_and_minutes_hold_for_real_runs(tmp_path, changes, me
     # process, so that its peak resident memory is the run's own.
     changes = {"model": "gpt2-small", "weights": "random", "num_epochs": 1} | changes
     script = textwrap.dedent(f"""
-        import json, resource, time, warnings
+        import json, time, warnings
         from gptclassifier.data.sms import LabeledData, load_data
         from gptclassifier.fine_tune import fine_tune
         from gptclassifier.settings import train_settings
         from gptclassifier.fine_tune import training_workload
-        from gptclassifier.training.estimate import estimate_run
+        from gptclassifier.training.estimate import estimate_run, peak_resident_bytes
         warnings.simplefilter("ignore")
         labeled = load_data(profile="smoke")
         frame = labeled.frame.sample({messages}, random_state=0).reset_index(drop=True)
@@ -258,7 +258,7 @@ def test_the_estimated_peak_and_minutes_hold_for_real_runs(tmp_path, changes, me
         start = time.perf_counter()
         fine_tune(labeled, settings, {str(tmp_path / "run")!r}, "smoke", progress=False)
         seconds = time.perf_counter() - start
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        peak = peak_resident_bytes()
         print(json.dumps([estimate.peak_bytes, peak, estimate.minutes * 60, seconds]))
     """)
     result = subprocess.run(
@@ -268,3 +268,12 @@ def test_the_estimated_peak_and_minutes_hold_for_real_runs(tmp_path, changes, me
     assert estimated_peak == pytest.approx(peak, rel=0.25)
     if timed:  # a busy CPU slows runs more than its probe
         assert seconds / 4 < estimated_seconds < 4 * seconds
+
+
+@pytest.mark.slow
+def test_a_childs_peak_is_its_own_not_its_large_parents():
+    ballast = b"x" * (600 * 2**20)  # written, so resident: 600 MB more than the child will hold
+    assert estimates.peak_resident_bytes() > len(ballast)
+    script = "from gptclassifier.training.estimate import peak_resident_bytes as p; print(p())"
+    child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert int(child.stdout) < 500 * 2**20

@@ -7,8 +7,11 @@ measured on this machine.
 
 import functools
 import math
+import resource
+import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -192,3 +195,16 @@ def matmul_gflops(dtype: torch.dtype, device: torch.device, seconds: float = 0.5
             repeats += 1
         elapsed = time.perf_counter() - start
     return repeats * 2 * 4096 * 768 * 3072 / elapsed / 1e9
+
+
+def peak_resident_bytes() -> int:
+    """Return this process's peak resident memory since its program started."""
+    # Linux's VmHWM, not getrusage's ru_maxrss: across exec, ru_maxrss keeps the peak of the
+    # parent a child process was forked from, so a child of a large process reports too much.
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    scale = 1 if sys.platform == "darwin" else 1024  # macOS counts bytes, the others kB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
