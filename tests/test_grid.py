@@ -261,7 +261,7 @@ def test_rows_too_big_are_recorded_in_the_results_before_the_first_run(
     assert statuses[[run.experiment.name for run in too_big]].eq("too big").all()
     assert statuses[["majority", "tfidf"]].eq("ok").all() and statuses["chapter"] == "failed"
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "results.csv"), results, check_dtype=False)
-    assert "| gpt2-xl_all | gpt2-xl, every layer | 0 (1 too big) |" in markdown_table(results)
+    assert "| gpt2-xl, every layer; here gpt2-nano-xl | 0 (1 too big) |" in markdown_table(results)
     labels = [label.get_text() for label in plot_experiments(results).axes[0].get_xticklabels()]
     assert "gpt2-xl_all (too big)" in labels and "chapter" in labels
 
@@ -278,3 +278,14 @@ def test_the_smoke_profile_plans_small_stand_ins_for_gpt2s_sizes(smoke_data, tmp
     assert weights == sorted(set(weights))  # growing, as GPT-2's sizes do
     assert weights[-1] < book[0].estimate.memory["parameters"] / 10  # below a tenth of gpt2-small
     assert max(run.estimate.peak_bytes for run in smoke) < GB
+
+
+@pytest.mark.slow
+def test_the_table_names_the_model_that_stood_in(smoke_data, tmp_path):
+    results = run_experiments(
+        smoke_data, tmp_path, ["chapter", "gpt2-medium"], [1], "smoke", QUICK, progress=False
+    )
+    assert results["model"].tolist() == ["gpt2-nano", "gpt2-nano-medium"]
+    table = (tmp_path / "results.md").read_text(encoding="utf-8")
+    assert "| gpt2-medium | gpt2-medium (355M); here gpt2-nano-medium |" in table
+    assert "| chapter | the chapter's settings |" in table

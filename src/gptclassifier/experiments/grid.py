@@ -327,6 +327,7 @@ def _line(run: PlannedRun, status: str) -> dict:
         "book_row": run.experiment.book_row,
         "seed": run.seed,
         "status": status,
+        "model": None if run.experiment.baseline else run.settings.model,
         "run_dir": str(run.run_dir),
         **_estimated(run),
     }
@@ -371,7 +372,7 @@ def markdown_table(results: pd.DataFrame) -> str:
         cells = [
             str(experiment.book_row or ""),
             name,
-            experiment.change,
+            _change(experiment, results),
             _seeds_cell(stats),
             *(_mean_and_spread(stats, f"{split}_accuracy") for split in SPLIT_NAMES),
             " / ".join(f"{value:.2f}" for value in experiment.book) if experiment.book else "",
@@ -380,6 +381,15 @@ def markdown_table(results: pd.DataFrame) -> str:
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return header + "\n".join(lines) + "\n"
+
+
+def _change(experiment: Experiment, results: pd.DataFrame) -> str:
+    """Say what a row changes, and which model stood in for the row's (the smoke profile's)."""
+    stated = experiment.settings.get("model")
+    rows = results[results["experiment"] == experiment.name]
+    used = rows["model"].dropna() if "model" in rows else ()
+    stand_in = used.iloc[0] if stated and len(used) else stated
+    return experiment.change + (f"; here {stand_in}" if stand_in != stated else "")
 
 
 def _seeds_cell(stats: pd.Series) -> str:
