@@ -108,10 +108,9 @@ def split_for_training(labeled: LabeledData, settings: TrainSettings) -> dict[st
 def training_workload(labeled: LabeledData, settings: TrainSettings) -> Workload:
     """Return what fine-tuning on `labeled` with `settings` runs through: its split, tokenized."""
     splits = prepare_splits(labeled, seed=settings.split_seed)
-    context = model_config(settings.model)["context_length"]
-    return Workload.of(
-        create_datasets(splits, get_tokenizer(), context, settings.padding), settings
-    )
+    context_length = model_config(settings.model)["context_length"]
+    datasets, _ = tokenize_splits(splits, settings, context_length)
+    return Workload.of(datasets, settings)
 
 
 def check_memory(workload: Workload, settings: TrainSettings, num_classes: int, device, log):

@@ -32,10 +32,14 @@ def confusion_counts(true, predicted, num_classes: int) -> torch.Tensor:
 
 def confusion_matrix(model, data_loader, device, num_classes: int, pooling="last") -> torch.Tensor:
     """Return counts of (true class, predicted class) over every message of a loader."""
-    counts = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    true, predicted = [], []
     for logits, targets in _batch_logits(model, data_loader, device, pooling):
-        counts += confusion_counts(targets, logits.argmax(dim=-1), num_classes)
-    return counts
+        true.append(targets)
+        predicted.append(logits.argmax(dim=-1))
+    if not true:
+        return torch.zeros(num_classes, num_classes, dtype=torch.long)
+    # counted once for the whole loader: scikit-learn's call costs milliseconds, batch or not
+    return confusion_counts(torch.cat(true), torch.cat(predicted), num_classes)
 
 
 def class_probabilities(

@@ -30,9 +30,9 @@ GB = 1e9
 INTERPRETER_BYTES = 500 * 2**20
 # Of the memory available, the most a run may plan to take: the rest is for what is not counted.
 HEADROOM = 0.9
-# The calibration, on a 2-core AMD EPYC (README, `make bench`): against a plain float32 product
-# of 135 GFLOP/s, the chapter's loop ran at 1.0 of it (183 TFLOP, its last evaluation included,
-# in 1,359 s) and the cache's pass at 1.3 (its batches are taller than the probe's).
+# The calibration, on a 2-core AMD EPYC (docs/speed.md, the run of 2026-12-03): against a plain
+# float32 product of 135 GFLOP/s, the chapter's loop ran at 1.0 of it (183 TFLOP, its last
+# evaluation included, in 1,359 s) and the cache's pass at 1.3 (its batches are taller).
 EFFICIENCY = 1.0
 # A step of the cache's way spent 25 ms on the chapter's 7,090,946 trainable parameters,
 # reading them and updating them: the cost of a step beyond its FLOPs, per trainable parameter.
