@@ -39,6 +39,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from gptclassifier.cli import skip_collection_at_exit
 from gptclassifier.data.loaders import create_datasets
 from gptclassifier.data.practice_set import generate_practice_messages
 from gptclassifier.data.sms import SMS_FILE_VARIABLE, LabeledData, Provenance, load_data
@@ -159,6 +160,7 @@ def every_way(
 
 def one_way(settings: TrainSettings, data_file: str) -> dict:
     """Fine-tune as `gptclassifier train` does, into a temporary folder; return measurements."""
+    skip_collection_at_exit()  # as the command line does
     labeled = load_data(data_file, settings.parsing, "book")
     with tempfile.TemporaryDirectory() as folder:
         result = fine_tune(labeled, settings, Path(folder) / "run", "book", progress=False)

@@ -640,3 +640,26 @@ def test_the_command_line_needs_nothing_of_the_lab_extra():
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True
     )
     assert shown.stdout.strip() == "[]"
+
+
+# Garbage that only the collector can free (a cycle), which says when it is freed.
+EXIT_SCRIPT = """
+import os, sys
+from gptclassifier.cli import skip_collection_at_exit
+class Cycle:
+    def __del__(self):
+        os.write(1, b"collected")
+cycle = Cycle()
+cycle.itself = cycle
+del cycle
+if sys.argv[1] == "skip":
+    skip_collection_at_exit()
+"""
+
+
+@pytest.mark.parametrize(("mode", "printed"), [("default", "collected"), ("skip", "")])
+def test_the_command_line_skips_the_collection_at_exit(mode, printed):
+    done = subprocess.run(
+        [sys.executable, "-c", EXIT_SCRIPT, mode], capture_output=True, text=True, check=True
+    )
+    assert done.stdout == printed

@@ -169,7 +169,10 @@ def test_a_run_fits_where_its_peak_is_within_the_headroom():
     assert estimate.fits(None)  # memory unknown: nothing is refused
 
 
-PARTS = ("interpreter", "parameters", "loading", "gradients", "optimizer", "activations", "cache")
+PARTS = (
+    "interpreter", "parameters", "loading", "gradients", "optimizer", "activations", "cache",
+    "packing",
+)  # fmt: skip
 
 
 @pytest.mark.parametrize(

@@ -228,12 +228,18 @@ def test_fill_takes_the_budget_measured_for_its_padding_and_precision(
     assert counts[0] == budget // 120
 
 
-def test_one_position_per_message_runs_in_float32_under_autocast(nano_classifier, datasets):
+def test_one_position_per_message_runs_in_bfloat16_under_autocast(nano_classifier, datasets):
     cached = FrozenPrefixCache(nano_classifier("last_block", seed=0), "last")
     rows = torch.tensor(datasets["test"].encoded_texts[:8])
-    cached.fill(rows)  # float32 states, so everything after them is float32 too
+    cached.fill(rows)  # float32 states
+    outputs = []
+    feed_forward = cached.model.trf_blocks[-1].ff.layers[0]
+    feed_forward.register_forward_hook(lambda module, args, output: outputs.append(output.dtype))
     with torch.no_grad():
-        assert torch.equal(Autocast(cached)(rows), cached(rows))
+        mixed, exact = Autocast(cached)(rows), cached(rows)
+    assert outputs == [torch.bfloat16, torch.float32]
+    assert mixed.dtype == torch.float32
+    torch.testing.assert_close(mixed, exact, rtol=0, atol=0.05)
 
 
 def test_a_batch_crosses_between_host_and_device_once(nano_classifier, datasets, monkeypatch):

@@ -27,6 +27,7 @@ from gptclassifier.training.device import (
     choose_device,
     choose_precision,
     has_fused_adamw,
+    keep_freed_memory,
     parameter_dtype,
 )
 from gptclassifier.training.estimate import GB, estimate_run
@@ -71,6 +72,7 @@ def fine_tune(
     splits = split_for_training(labeled, settings)
     device = choose_device(device)
     precision = choose_precision(device, settings.precision)
+    keep_freed_memory()
     with phases.measure("tokenizing"):
         context_length = model_config(settings.model)["context_length"]
         datasets, loaders = tokenize_splits(splits, settings, context_length)

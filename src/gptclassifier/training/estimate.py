@@ -22,6 +22,7 @@ from gptclassifier.model.weights import HUB_CHECKPOINTS
 from gptclassifier.settings import TrainSettings
 from gptclassifier.training.device import choose_device, choose_precision, parameter_dtype
 from gptclassifier.training.flops import Workload, count_flops
+from gptclassifier.training.packed_blocks import can_pack
 from gptclassifier.training.runners import cache_refusal, frozen_blocks
 
 GB = 1e9
@@ -49,6 +50,7 @@ class Estimate:
 
     `loading` is the memory that only loading the weights takes (a checkpoint's copy and the
     vocabulary-wide output layer the head replaces): it is freed before training starts.
+    `packing`, the frozen blocks' bfloat16 copy (PackedBlocks), lives only while the cache fills.
     """
 
     memory: dict[str, int]  # interpreter, parameters, loading, gradients, optimizer, ...
@@ -56,10 +58,12 @@ class Estimate:
 
     @property
     def peak_bytes(self) -> int:
-        """The most memory the run holds at once: while loading, or while training."""
-        held = self.memory["interpreter"] + self.memory["parameters"]
-        training = sum(self.memory.values()) - held - self.memory["loading"]
-        return held + max(self.memory["loading"], training)
+        """The most memory the run holds at once: loading, filling the cache, or training."""
+        memory = self.memory
+        held = memory["interpreter"] + memory["parameters"]
+        packing, cache = memory.get("packing", 0), memory.get("cache", 0)
+        training = sum(memory.values()) - held - memory["loading"] - packing
+        return held + max(memory["loading"], packing + cache, training)
 
     def fits(self, available: int | None) -> bool:
         """Return whether the peak fits in `available` bytes, with headroom (unknown: it fits)."""
@@ -115,7 +119,11 @@ def estimate_run(
         "optimizer": 2 * trainable * size,  # AdamW's two moments
         "activations": _activation_bytes(model, settings, workload, cached, size),
         "cache": _cache_bytes(model, settings, workload, size) if cached else 0,
+        "packing": 0,
     }
+    frozen = model.trf_blocks[: frozen_blocks(model)]
+    if cached and precision == "bfloat16" and can_pack(frozen, device):
+        memory["packing"] = 2 * sum(p.numel() for p in frozen.parameters())
     if precision == "bfloat16":  # autocast keeps a bfloat16 copy of each trained weight
         memory["activations"] += 2 * trainable
     if not timed:

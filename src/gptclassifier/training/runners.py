@@ -18,6 +18,7 @@ from gptclassifier.model.gpt import GPTModel, TransformerBlock
 from gptclassifier.model.tokenizer import PAD_TOKEN_ID
 from gptclassifier.progress import progress_bar
 from gptclassifier.settings import POOLINGS, TrainSettings
+from gptclassifier.training.packed_blocks import PackedBlocks, can_pack
 from gptclassifier.training.pooling import pool_logits, pooled_positions
 
 MEMORY_SHARE = 0.8  # of the free memory the cache may take: training needs the rest
@@ -156,6 +157,7 @@ class FrozenPrefixCache(Runner):
         self.frozen_weights = self._fingerprint()
         self.storage = self.device
         self.cache: dict[bytes, torch.Tensor] = {}
+        self.packed: PackedBlocks | None = None  # the frozen blocks, packed while filling
 
     @property
     def device(self) -> torch.device:
@@ -173,14 +175,11 @@ class FrozenPrefixCache(Runner):
         positions = pooled_positions(in_idx, self.pooling, self.pad_token_id)
         for block in trainable[:-1]:
             x = block(x)
-        # One position per message is too little work for bfloat16 to pay: casting the weights
-        # and their gradients cost more than it saved (36 against 25 ms a step of the chapter's).
-        with torch.autocast(self.device.type, enabled=False):
-            if trainable:
-                pooled = block_at_positions(trainable[-1], x, positions)
-            else:  # only the final norm and the head are trained
-                pooled = x[torch.arange(len(x), device=x.device), positions]
-            return self.model.out_head(self.model.final_norm(pooled))
+        if trainable:
+            pooled = block_at_positions(trainable[-1], x, positions)
+        else:  # only the final norm and the head are trained
+            pooled = x[torch.arange(len(x), device=x.device), positions]
+        return self.model.out_head(self.model.final_norm(pooled))
 
     def fill(
         self, *row_sets: torch.Tensor, tokens_per_batch: int | None = None, progress=False
@@ -189,12 +188,23 @@ class FrozenPrefixCache(Runner):
 
         The longest messages go first, so the memory a batch needs only shrinks; each batch
         takes as many messages as fit in `tokens_per_batch` (at least one; by default, the
-        fastest measured for this padding and precision).
+        fastest measured for this padding and precision). Under bfloat16 autocast on a CPU the
+        frozen blocks run packed (PackedBlocks) while filling.
         """
         self._check_fresh()
         tokens_per_batch = tokens_per_batch or self._tokens_per_batch()
         self._place(sum(self._bytes_for(rows) for rows in row_sets))
         total = sum(len(rows) for rows in row_sets)
+        frozen = self.model.trf_blocks[: self.num_frozen]
+        if self._under_bfloat16() and can_pack(frozen, self.device):
+            self.packed = PackedBlocks(frozen)
+        try:
+            self._fill(row_sets, tokens_per_batch, total, progress)
+        finally:
+            self.packed = None
+
+    def _fill(self, row_sets, tokens_per_batch: int, total: int, progress) -> None:
+        """Compute the states of every message of `row_sets` not cached, longest first."""
         with progress_bar(total, "frozen blocks, once", progress, "message") as bar:
             for rows in row_sets:
                 rows = rows.cpu()
@@ -208,17 +218,17 @@ class FrozenPrefixCache(Runner):
                     start += len(chunk)
                     bar.update(len(chunk))
 
-    def _tokens_per_batch(self) -> int:
-        """Return the fastest measured tokens per batch for this padding and autocast precision."""
+    def _under_bfloat16(self) -> bool:
+        """Return whether autocast computes in bfloat16 on the model's device here."""
         device = self.device.type
-        bfloat16 = torch.is_autocast_enabled(device) and (
+        return torch.is_autocast_enabled(device) and (
             torch.get_autocast_dtype(device) == torch.bfloat16
         )
-        return (
-            PADDED_BFLOAT16_TOKENS_PER_BATCH
-            if bfloat16 and self.exact_padding
-            else TOKENS_PER_BATCH
-        )
+
+    def _tokens_per_batch(self) -> int:
+        """Return the fastest measured tokens per batch for this padding and autocast precision."""
+        padded_bfloat16 = self._under_bfloat16() and self.exact_padding
+        return PADDED_BFLOAT16_TOKENS_PER_BATCH if padded_bfloat16 else TOKENS_PER_BATCH
 
     def _bytes_for(self, rows: torch.Tensor) -> int:
         """Return the memory that the states of `rows` take once cached."""
@@ -283,8 +293,10 @@ class FrozenPrefixCache(Runner):
 
     @torch.no_grad()
     def _run_prefix(self, in_idx: torch.Tensor) -> torch.Tensor:
-        """Run the embeddings and the frozen blocks."""
+        """Run the embeddings and the frozen blocks (packed while filling, where they can be)."""
         x = self.model.embed(in_idx)
+        if self.packed is not None:
+            return self.packed(x)
         for block in self.model.trf_blocks[: self.num_frozen]:
             x = block(x)
         return x
