@@ -8,12 +8,12 @@ import torch
 from gptclassifier.model.classifier import set_causal_mask
 from gptclassifier.model.lora import replace_linear_with_lora
 from gptclassifier.training import packed_blocks
-from gptclassifier.training.packed_blocks import PackedBlocks, can_pack
+from gptclassifier.training.packed_blocks import PackedBlocks, can_pack, onednn_bfloat16
 from gptclassifier.training.runners import FrozenPrefixCache
 
 CPU = torch.device("cpu")
 needs_onednn = pytest.mark.skipif(
-    not can_pack([], CPU), reason="this torch build has no oneDNN linear operators"
+    not can_pack([], CPU), reason="torch's oneDNN does not multiply bfloat16 on this CPU"
 )
 
 
@@ -52,15 +52,31 @@ def test_each_message_is_computed_alone(nano_classifier):
 
 def test_only_plain_causal_blocks_on_a_cpu_are_packed(nano_classifier):
     model = nano_classifier("last_block", seed=0)
-    assert can_pack(frozen_part(model), CPU) == torch.backends.mkldnn.is_available()
+    assert can_pack(frozen_part(model), CPU) == onednn_bfloat16()
     assert not can_pack(frozen_part(model), torch.device("cuda"))
     assert not can_pack(frozen_part(set_causal_mask(copy.deepcopy(model), False)), CPU)
     assert not can_pack(frozen_part(replace_linear_with_lora(copy.deepcopy(model), 2, 1)), CPU)
 
 
-def test_without_onednn_nothing_is_packed(nano_classifier, monkeypatch):
-    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
+@pytest.mark.parametrize("missing", ["oneDNN", "bfloat16"])
+def test_without_onednn_bfloat16_nothing_is_packed(nano_classifier, monkeypatch, missing):
+    if missing == "oneDNN":
+        monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
+    else:  # an AVX2 CPU: torch's oneDNN refuses bfloat16 products there
+        monkeypatch.setattr(packed_blocks, "ONEDNN", FakeOneDNN())
+    assert not onednn_bfloat16()
     assert not can_pack(frozen_part(nano_classifier("last_block", seed=0)), CPU)
+
+
+class FakeOneDNN:
+    """torch.ops.mkldnn on a CPU without AVX-512: the operators, but no bfloat16."""
+
+    def __getattr__(self, name):
+        return getattr(torch.ops.mkldnn, name)
+
+    @staticmethod
+    def _is_mkldnn_bf16_supported():
+        return False
 
 
 @needs_onednn

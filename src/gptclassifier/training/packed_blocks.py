@@ -18,12 +18,18 @@ ROWS_HINT = 1024  # the rows a product of the cache's pass has: oneDNN lays the 
 
 
 def can_pack(blocks, device: torch.device) -> bool:
-    """Return whether these blocks can run packed: plain GPT-2 blocks, on a CPU with oneDNN."""
+    """Return whether these blocks can run packed: plain GPT-2 blocks, on a CPU whose oneDNN
+    multiplies bfloat16."""
+    return device.type == "cpu" and onednn_bfloat16() and all(map(_is_plain, blocks))
+
+
+def onednn_bfloat16() -> bool:
+    """Return whether torch's oneDNN multiplies bfloat16 on this CPU (AVX-512 or AMX: not AVX2)."""
+    operators = ("_linear_pointwise", "_reorder_linear_weight", "_is_mkldnn_bf16_supported")
     return (
-        device.type == "cpu"
-        and torch.backends.mkldnn.is_available()
-        and all(hasattr(ONEDNN, op) for op in ("_linear_pointwise", "_reorder_linear_weight"))
-        and all(_is_plain(block) for block in blocks)
+        torch.backends.mkldnn.is_available()
+        and all(hasattr(ONEDNN, operator) for operator in operators)
+        and ONEDNN._is_mkldnn_bf16_supported()
     )
 
 
