@@ -22,6 +22,7 @@ from gptclassifier.training.estimate import (
 )
 from gptclassifier.training.flops import Workload, count_flops
 from gptclassifier.training.loop import calc_loss_batch
+from gptclassifier.training.packed_blocks import can_pack
 from gptclassifier.training.runners import classifier_runner
 
 NANO = TrainSettings(model="gpt2-nano")
@@ -167,6 +168,25 @@ def test_a_run_fits_where_its_peak_is_within_the_headroom():
     assert estimate.peak_bytes == 90
     assert estimate.fits(int(90 / HEADROOM) + 1) and not estimate.fits(90)
     assert estimate.fits(None)  # memory unknown: nothing is refused
+
+
+@pytest.mark.skipif(not can_pack([], CPU), reason="torch's oneDNN does not multiply bfloat16 here")
+def test_the_packed_copy_counts_while_the_cache_fills():
+    fast = replace(NANO, loop="fast", pooling="flexible", precision="bfloat16")
+    frozen = real_classifier(fast).trf_blocks[:2]  # gpt2-nano's last block trains
+    assert estimate_run(fast, workload(), device=CPU, timed=False).memory["packing"] == 2 * sum(
+        parameter.numel() for parameter in frozen.parameters()
+    )
+    for unpacked in (replace(fast, precision="float32"), replace(fast, loop="chapter")):
+        assert estimate_run(unpacked, workload(), device=CPU, timed=False).memory["packing"] == 0
+
+
+def test_the_peak_is_loading_filling_the_cache_or_training():
+    parts = {"interpreter": 10, "parameters": 80, "loading": 5, "packing": 30, "cache": 20}
+    training = {"gradients": 1, "optimizer": 2, "activations": 3}
+    assert Estimate(parts | training, minutes=1.0).peak_bytes == 90 + 30 + 20
+    assert Estimate(parts | {"activations": 60}, minutes=1.0).peak_bytes == 90 + 20 + 60
+    assert Estimate(parts | {"loading": 70}, minutes=1.0).peak_bytes == 90 + 70
 
 
 PARTS = (
