@@ -18,8 +18,7 @@ ROWS_HINT = 1024  # the rows a product of the cache's pass has: oneDNN lays the 
 
 
 def can_pack(blocks, device: torch.device) -> bool:
-    """Return whether these blocks can run packed: plain GPT-2 blocks, on a CPU whose oneDNN
-    multiplies bfloat16."""
+    """Return whether these blocks can run packed: plain GPT-2 blocks on a onednn_bfloat16 CPU."""
     return device.type == "cpu" and onednn_bfloat16() and all(map(_is_plain, blocks))
 
 
