@@ -111,6 +111,9 @@ def estimate_run(
     size = parameter_dtype(precision).itemsize
     cached = settings.loop == "fast" and cache_refusal(model) is None
     pretrained = settings.weights == "pretrained" and settings.model in HUB_CHECKPOINTS
+    num_frozen = frozen_blocks(model)
+    frozen = model.trf_blocks[:num_frozen]
+    packed = cached and precision == "bfloat16" and can_pack(frozen, device)
     memory = {
         "interpreter": INTERPRETER_BYTES,
         "parameters": total * size,
@@ -119,16 +122,13 @@ def estimate_run(
         "optimizer": 2 * trainable * size,  # AdamW's two moments
         "activations": _activation_bytes(model, settings, workload, cached, size),
         "cache": _cache_bytes(model, settings, workload, size) if cached else 0,
-        "packing": 0,
+        "packing": 2 * sum(p.numel() for p in frozen.parameters()) if packed else 0,
     }
-    frozen = model.trf_blocks[: frozen_blocks(model)]
-    if cached and precision == "bfloat16" and can_pack(frozen, device):
-        memory["packing"] = 2 * sum(p.numel() for p in frozen.parameters())
     if precision == "bfloat16":  # autocast keeps a bfloat16 copy of each trained weight
         memory["activations"] += 2 * trainable
     if not timed:
         return Estimate(memory, math.nan)
-    layers, num_frozen = len(model.trf_blocks), frozen_blocks(model)
+    layers = len(model.trf_blocks)
     flops = count_flops(
         workload, model_config(settings.model),
         min(num_frozen, layers - 1),  # training the head alone is counted as the last block's
