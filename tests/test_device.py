@@ -114,9 +114,11 @@ def page_faults_a_step(mode: str) -> int:
     platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only"
 )
 def test_freed_memory_is_kept_for_the_next_step():
-    # a step frees and takes again about 24 MB: 5,700 pages of 4 kB by default
-    assert page_faults_a_step("default") > 1000
-    assert page_faults_a_step("keep") < 100
+    # a step frees and takes again about 24 MB: 5,700 pages of 4 kB by default, none kept (a
+    # few hundred where the kernel reclaims idle pages meanwhile)
+    default, kept = page_faults_a_step("default"), page_faults_a_step("keep")
+    assert default > 1000
+    assert kept < default / 5
 
 
 def test_elsewhere_the_allocator_is_left_alone(monkeypatch):
